@@ -1,0 +1,52 @@
+# 报告问答 — one command to set up and run, one to set up and test.
+#   make run    install everything, fetch the model, index ./corpus, open the UI on http://127.0.0.1:7860
+#   make test   install everything (browser and CJK font included) and run the test suite
+#   make ask Q="GPT-3 的参数量是多少？"
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RAG := $(VENV)/bin/rag
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: setup model browser index run ask test eval bench lint
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed model
+
+model: $(VENV)/.installed
+	$(PY) -m rag.model_fetch
+
+# Debian's Chromium (for the browser test) and a small CJK font (so Chinese renders in screenshots).
+browser:
+	@if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -qi 'wenquanyi\|wqy'; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; \
+	fi
+
+index: setup
+	$(RAG) index
+
+run: index
+	$(RAG) ui
+
+ask: index
+	$(RAG) ask "$(Q)"
+
+test: setup browser
+	$(PY) -m pytest -q
+
+eval: index
+	$(RAG) eval
+
+bench: index
+	$(RAG) bench
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check rag tests eval ui.py
+	$(VENV)/bin/mypy rag

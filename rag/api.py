@@ -1,0 +1,228 @@
+"""The Python API: one object that the CLI, the UI and the benchmark all call.
+
+    qa = ReportQA()                      # ./corpus, ./index, the bundled model
+    qa.build()                           # documents → chunks → embeddings → FAISS + BM25
+    qa.search("GPT-3 的参数量是多少？")   # ranked, cited passages
+    qa.ask("哪些公司是通义大模型的合作伙伴？")  # extractive answer with [n] markers
+    qa.cite("004_e0d667138c034a95.txt:L12-L15")
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .answer import AbstentionSettings, compose_answer, format_sources
+from .chunking import ChunkerSettings
+from .cite import CitationView, find_phrase, lookup
+from .documents import SUPPORTED_SUFFIXES, load_document
+from .embed import Embedder, EmbeddingCache, load_embedder
+from .errors import RagError
+from .index import BuildReport, Index, build_index, read_manifest
+from .retrieve import MAX_QUERY_CHARS, MODES, FusionSettings, Hit, Retriever
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+
+
+@dataclass
+class Settings:
+    """Every tunable of the pipeline in one place."""
+
+    chunker: ChunkerSettings = field(default_factory=ChunkerSettings)
+    fusion: FusionSettings = field(default_factory=FusionSettings)
+    abstention: AbstentionSettings = field(default_factory=AbstentionSettings)
+
+
+@dataclass
+class SearchResult:
+    """Hits for one question (``error`` is set instead when the question was unusable)."""
+
+    query: str
+    hits: list[Hit] = field(default_factory=list)
+    error: str | None = None
+    warning: str | None = None
+
+    def to_json(self) -> dict:
+        """The JSON contract: ``{"query", "hits": [...]}`` plus ``error``/``warning`` when set."""
+        payload: dict = {"query": self.query, "hits": [h.to_json() for h in self.hits]}
+        if self.error:
+            payload["error"] = self.error
+        if self.warning:
+            payload["warning"] = self.warning
+        return payload
+
+
+@dataclass
+class AskResult(SearchResult):
+    """A search plus the extractive answer built from it."""
+
+    answer: str = ""
+    abstained: bool = False
+    sources: list[Hit] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """Search JSON plus ``answer``, ``abstained`` and the cited ``sources``."""
+        payload = super().to_json()
+        payload.update({"answer": self.answer, "abstained": self.abstained,
+                        "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
+                                    for n, h in enumerate(self.sources, start=1)]})
+        return payload
+
+    def render(self) -> str:
+        """Answer and numbered sources as plain text."""
+        if self.error:
+            return self.error
+        lines = [self.answer]
+        if self.sources:
+            lines += ["", "来源："] + format_sources(self.sources)
+        return "\n".join(lines)
+
+
+def clean_query(query: str) -> tuple[str, str | None]:
+    """Drop control characters and trim; returns (query, warning). Raises for empty questions."""
+    cleaned = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in query or "")
+    cleaned = re.sub(r"\s+", " ", cleaned).strip()
+    if not cleaned:
+        raise RagError("问题为空，请输入问题 / empty question")
+    warning = None
+    if len(cleaned) > MAX_QUERY_CHARS:
+        warning = f"问题过长，只使用前 {MAX_QUERY_CHARS} 个字符 / question truncated to {MAX_QUERY_CHARS} characters"
+        cleaned = cleaned[:MAX_QUERY_CHARS]
+    return cleaned, warning
+
+
+def default_corpus_dir() -> Path:
+    """``RAG_CORPUS`` or ./corpus."""
+    return Path(os.environ.get("RAG_CORPUS", "corpus"))
+
+
+def default_index_dir() -> Path:
+    """``RAG_INDEX`` or ./index."""
+    return Path(os.environ.get("RAG_INDEX", "index"))
+
+
+class ReportQA:
+    """Question answering over one corpus folder and its index."""
+
+    def __init__(self, corpus_dir: Path | str | None = None, index_dir: Path | str | None = None,
+                 model: str | None = None, settings: Settings | None = None,
+                 cache: EmbeddingCache | None = None):
+        self.corpus_dir = Path(corpus_dir) if corpus_dir else default_corpus_dir()
+        self.index_dir = Path(index_dir) if index_dir else default_index_dir()
+        self.model = model
+        self.settings = settings or Settings()
+        self.cache = cache
+        self._embedder: Embedder | None = None
+        self._retriever: Retriever | None = None
+        self._loaded_at: float | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedding model, loaded on first use."""
+        if self._embedder is None:
+            self._embedder = load_embedder(self.model)
+        return self._embedder
+
+    def build(self, force: bool = False, progress=None, log=lambda message: None) -> BuildReport:
+        """Index the corpus (only changed passages are embedded); the live index swaps atomically."""
+        with self._lock:
+            report = build_index(self.corpus_dir, self.index_dir, self.embedder, self.settings.chunker,
+                                 cache=self.cache or EmbeddingCache(), force=force, progress=progress, log=log)
+            self._retriever = None
+            return report
+
+    def index_status(self) -> str | None:
+        """None when an index is ready, else a Chinese explanation of what is missing."""
+        try:
+            self.retriever
+        except RagError as exc:
+            return str(exc)
+        return None
+
+    @property
+    def index(self) -> Index:
+        """The loaded index (reloaded when a newer build has been swapped in)."""
+        return self.retriever.index
+
+    @property
+    def retriever(self) -> Retriever:
+        """Retriever over the current index, reloaded when the index on disk changes."""
+        with self._lock:
+            manifest = read_manifest(self.index_dir)
+            built_at = manifest.get("built_at") if manifest else None
+            if self._retriever is None or built_at != self._loaded_at:
+                index = Index(self.index_dir)
+                embedder = self.embedder
+                index.check_embedder(embedder)
+                self._retriever = Retriever(index, embedder, self.settings.fusion)
+                self._loaded_at = index.manifest.get("built_at")
+            return self._retriever
+
+    def search(self, query: str, top_k: int = 5, mode: str = "hybrid",
+               sources: list[str] | None = None) -> SearchResult:
+        """Ranked passages for a question; an unusable question gives a result with ``error``."""
+        if mode not in MODES:
+            raise RagError(f"未知检索模式 {mode!r}，可选 {', '.join(MODES)} / unknown mode")
+        try:
+            cleaned, warning = clean_query(query)
+        except RagError as exc:
+            return SearchResult(query=query or "", error=str(exc))
+        top_k = max(1, min(int(top_k), 50))
+        hits = self.retriever.search(cleaned, top_k=top_k, mode=mode, sources=sources or None)
+        return SearchResult(query=query, hits=hits, warning=warning)
+
+    def ask(self, query: str, top_k: int = 5, mode: str = "hybrid",
+            sources: list[str] | None = None) -> AskResult:
+        """An extractive answer built only from the retrieved passages, with citation markers."""
+        found = self.search(query, top_k=top_k, mode=mode, sources=sources)
+        if found.error:
+            return AskResult(query=found.query, error=found.error, answer=found.error, abstained=True)
+        answer = compose_answer(clean_query(query)[0], found.hits, self.settings.abstention)
+        return AskResult(query=found.query, hits=found.hits, warning=found.warning, answer=answer.text,
+                         abstained=answer.abstained, sources=answer.sources)
+
+    def cite(self, citation: str) -> CitationView:
+        """Look up a citation ID."""
+        return lookup(self.index, citation)
+
+    def find(self, phrase: str, sources: list[str] | None = None) -> list[CitationView]:
+        """Passages that contain a quoted phrase."""
+        return find_phrase(self.index, phrase, sources)
+
+    def reports(self) -> dict[str, str]:
+        """File name → human label of every indexed report."""
+        return {source: doc.label for source, doc in sorted(self.index.documents.items())}
+
+    def add_report(self, path: Path | str, name: str | None = None, progress=None) -> BuildReport:
+        """Copy a report into the corpus (validated, name sanitised) and index it incrementally."""
+        path = Path(path)
+        safe_name = safe_file_name(name or path.name)
+        if Path(safe_name).suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise RagError(f"{safe_name}: 不支持的文件类型，仅支持 TXT、Markdown、PDF / unsupported file type")
+        size = path.stat().st_size
+        if size == 0:
+            raise RagError(f"{safe_name}: 文件为空 / empty file")
+        if size > MAX_UPLOAD_BYTES:
+            raise RagError(f"{safe_name}: 文件超过 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB / file too large")
+        load_document(path, source=safe_name)  # raises a clear error before the corpus is touched
+        self.corpus_dir.mkdir(parents=True, exist_ok=True)
+        target = self.corpus_dir / safe_name
+        temporary = self.corpus_dir / f".upload-{os.getpid()}-{safe_name}"
+        shutil.copyfile(path, temporary)
+        os.replace(temporary, target)
+        return self.build(progress=progress)
+
+
+def safe_file_name(name: str) -> str:
+    """A plain file name that cannot leave the corpus folder (no separators, no dot-files)."""
+    base = Path(name.replace("\\", "/")).name
+    base = re.sub(r"[\x00-\x1f<>:\"|?*]", "_", base).strip(" .")
+    if not base or base in (".", "..") or base.startswith("."):
+        raise RagError("文件名无效 / invalid file name")
+    return base[:150]

@@ -1,0 +1,222 @@
+"""The ``rag`` command: a thin click layer over ``rag.api.ReportQA``.
+
+Every command turns a ``RagError`` into a one-line message and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import click  # noqa: E402
+
+from .errors import RagError  # noqa: E402
+
+MODE_CHOICE = click.Choice(["hybrid", "dense", "bm25"])
+
+
+def _qa(ctx: click.Context):
+    from .api import ReportQA
+
+    options = ctx.obj
+    return ReportQA(corpus_dir=options["corpus"], index_dir=options["index"], model=options["model"])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"错误 / error: {message}", err=True)
+    sys.exit(1)
+
+
+def handle_errors(function: Callable) -> Callable:
+    """Decorator: user-facing errors become a message on stderr and exit status 1."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except RagError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("已中断 / interrupted")
+        except BrokenPipeError:
+            sys.exit(0)
+    return wrapper
+
+
+@click.group()
+@click.option("--corpus", type=click.Path(path_type=Path), default=None,
+              help="Corpus folder (default: $RAG_CORPUS or ./corpus).")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
+              help="Index folder (default: $RAG_INDEX or ./index).")
+@click.option("--model", default=None, help="sentence-transformers model id or path (default: bundled EmbeddingGemma).")
+@click.pass_context
+def main(ctx: click.Context, corpus: Path | None, index_dir: Path | None, model: str | None) -> None:
+    """报告问答: search Chinese analyst reports and get cited answers."""
+    ctx.obj = {"corpus": corpus, "index": index_dir, "model": model}
+
+
+@main.command("fetch-model")
+@handle_errors
+def fetch_model_command() -> None:
+    """Download, assemble and verify the bundled embedding model (idempotent)."""
+    from .model_fetch import fetch_model
+
+    fetch_model(log=lambda m: click.echo(m, err=True))
+
+
+@main.command("index")
+@click.option("--force", is_flag=True, help="Rebuild even when nothing changed.")
+@click.pass_context
+@handle_errors
+def index_command(ctx: click.Context, force: bool) -> None:
+    """Build or update the index of the corpus folder."""
+    from tqdm import tqdm
+
+    qa = _qa(ctx)
+    bar: dict = {}
+
+    def progress(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc="embedding passages", unit="chunk", file=sys.stderr)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+
+    report = qa.build(force=force, progress=progress, log=lambda m: click.echo(m, err=True))
+    if "bar" in bar:
+        bar["bar"].close()
+    if report.skipped:
+        click.echo(f"索引已是最新 / index is up to date: {report.documents} reports, {report.chunks} passages")
+    else:
+        click.echo(f"索引完成 / indexed {report.documents} reports, {report.chunks} passages "
+                   f"({report.embedded} embedded, {report.reused} reused) in {report.seconds:.1f}s → {report.index_dir}")
+    for source, others in report.duplicates.items():
+        click.echo(f"近似重复 / near-duplicate: {source} ≈ {', '.join(others)}")
+    for failure in report.failures:
+        click.echo(f"跳过 / skipped: {failure.reason}", err=True)
+
+
+def _questions(question: str | None, as_json: bool) -> list[str] | None:
+    if question is not None:
+        return [question]
+    if not as_json:
+        return None
+    return [line.rstrip("\r\n") for line in sys.stdin]
+
+
+def _print_hits(result) -> None:
+    from .chunking import missing_context
+
+    if result.error:
+        click.echo(result.error)
+        return
+    if result.warning:
+        click.echo(result.warning, err=True)
+    if not result.hits:
+        click.echo("没有结果 / no results")
+    for hit in result.hits:
+        click.echo(f"[{hit.rank}] {hit.document.label}  {hit.citation}  score={hit.score:.4f}")
+        header = missing_context(hit.chunk.table_header, hit.chunk.text)
+        if header:
+            click.echo("    表头: " + header.replace("\n", " / ").replace("\t", " | "))
+        click.echo("    " + hit.chunk.text.replace("\n", "\n    "))
+        if hit.also_in:
+            click.echo("    亦见 / also in: " + ", ".join(hit.also_in))
+        click.echo("")
+
+
+def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Callable, render: Callable) -> None:
+    questions = _questions(question, as_json)
+    if questions is None:
+        raise click.UsageError("缺少问题；或使用 --json 从标准输入按行读取 / missing QUESTION (or --json with stdin)")
+    qa = _qa(ctx)
+    for text in questions:
+        result = run(qa, text)
+        if as_json:
+            click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+            sys.stdout.flush()
+        else:
+            render(result)
+
+
+@main.command("search")
+@click.argument("question", required=False)
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 50))
+@click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
+@click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@click.pass_context
+@handle_errors
+def search_command(ctx, question, top_k, mode, sources, as_json) -> None:
+    """Find the passages that answer QUESTION."""
+    _run_batch(ctx, question, as_json,
+               lambda qa, q: qa.search(q, top_k=top_k, mode=mode, sources=list(sources) or None), _print_hits)
+
+
+@main.command("ask")
+@click.argument("question", required=False)
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 50))
+@click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
+@click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@click.pass_context
+@handle_errors
+def ask_command(ctx, question, top_k, mode, sources, as_json) -> None:
+    """Answer QUESTION with sentences quoted from the reports, each cited."""
+    _run_batch(ctx, question, as_json,
+               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None),
+               lambda result: click.echo(result.render()))
+
+
+@main.command("cite")
+@click.argument("citation")
+@click.option("--context", "context_chars", default=200, show_default=True, help="Characters of context each side.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handle_errors
+def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
+    """Show the passage behind a citation ID, with its report and surrounding context."""
+    view = _qa(ctx).cite(citation)
+    if as_json:
+        click.echo(json.dumps(view.to_json(context_chars), ensure_ascii=False))
+        return
+    info = view.document.info
+    click.echo(f"报告 / report: {view.document.label}")
+    if info.analysts:
+        click.echo(f"分析师 / analysts: {'、'.join(info.analysts)}")
+    location = f"{view.document.source}, 行 L{view.line_start}-L{view.line_end}"
+    if view.page:
+        location += f", 第 {view.page} 页"
+    click.echo(f"位置 / location: {location}")
+    if view.document.duplicates:
+        click.echo(f"近似重复 / also in: {', '.join(view.document.duplicates)}")
+    click.echo("—— 上文 / before ——")
+    click.echo(view.before(context_chars))
+    click.echo("—— 引文 / passage ——")
+    click.echo(view.text)
+    click.echo("—— 下文 / after ——")
+    click.echo(view.after(context_chars))
+
+
+@main.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=7860, show_default=True, type=int)
+@click.pass_context
+@handle_errors
+def ui_command(ctx, host: str, port: int) -> None:
+    """Start the Gradio chat UI (binds to loopback by default)."""
+    from .webui import launch
+
+    launch(_qa(ctx), host=host, port=port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Near-duplicate detection: whole reports at ingest, passages in results.
+
+Real corpora hold the same report twice (a PDF and its text export, two versions). Reports are
+compared with MinHash over jieba word shingles (datasketch's LSH finds candidate pairs); passages
+are compared with character 4-gram Jaccard on their folded, whitespace-free text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from datasketch import MinHash, MinHashLSH
+
+from .textnorm import fold, squeeze
+from .tokenize import word_spans
+
+# Share of the shorter report's shingles found in the longer one (a partial extraction of the same
+# report is still a duplicate); LSH only proposes candidates at a lower Jaccard.
+DOCUMENT_THRESHOLD = 0.6
+CANDIDATE_JACCARD = 0.25
+PASSAGE_THRESHOLD = 0.6
+NUM_PERM = 128
+
+
+def _shingles(text: str, size: int = 3) -> set[str]:
+    folded = squeeze(fold(text))
+    words = [folded[a:b] for a, b in word_spans(folded)]
+    return {"\x1f".join(words[i:i + size]) for i in range(max(1, len(words) - size + 1))}
+
+
+def _minhash(shingles: Iterable[str]) -> MinHash:
+    signature = MinHash(num_perm=NUM_PERM)
+    for shingle in shingles:
+        signature.update(shingle.encode("utf-8"))
+    return signature
+
+
+def find_duplicate_documents(texts: dict[str, str], threshold: float = DOCUMENT_THRESHOLD) -> dict[str, list[str]]:
+    """For each report, the other reports that are near-duplicates of it (sorted names)."""
+    lsh = MinHashLSH(threshold=CANDIDATE_JACCARD, num_perm=NUM_PERM)
+    signatures, shingles = {}, {}
+    for source, text in texts.items():
+        shingles[source] = _shingles(text)
+        signatures[source] = _minhash(shingles[source])
+        lsh.insert(source, signatures[source])
+    related: dict[str, list[str]] = {}
+    for source, signature in signatures.items():
+        others = sorted(s for s in lsh.query(signature) if s != source
+                        and containment(shingles[s], shingles[source]) >= threshold)
+        if others:
+            related[source] = others
+    return related
+
+
+def passage_key(text: str) -> str:
+    """Folded, whitespace-free text used to compare passages."""
+    return squeeze(fold(text))
+
+
+def grams(key: str, size: int = 4) -> set[str]:
+    """Character n-grams of a passage key."""
+    return {key[i:i + size] for i in range(max(1, len(key) - size + 1))}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    """Jaccard similarity of two sets (0 for two empty sets)."""
+    if not a or not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+def containment(a: set[str], b: set[str]) -> float:
+    """Share of the smaller set found in the larger one."""
+    if not a or not b:
+        return 0.0
+    return len(a & b) / min(len(a), len(b))

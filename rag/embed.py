@@ -1,0 +1,198 @@
+"""Embedders: a small interface, the sentence-transformers backend, and a persistent vector cache.
+
+``Embedder`` is what the index and the retriever need: document vectors, query vectors, a name
+and a dimension. ``load_embedder`` is the factory: any sentence-transformers model id or local
+path, defaulting to the bundled EmbeddingGemma verified by ``rag.model_fetch``. The Hub is never
+contacted on the default path (``HF_HUB_OFFLINE=1`` is set before the library loads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import RagError
+from .model_fetch import MODEL_NAME, default_model_path, is_model_ready, models_dir
+
+DEFAULT_MODEL = MODEL_NAME
+ProgressCallback = Callable[[int, int], None]
+
+
+class Embedder(Protocol):
+    """What the rest of the library needs from an embedding model."""
+
+    name: str
+    dimension: int
+
+    def embed_documents(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
+        """Normalised float32 vectors for passages, shape (len(texts), dimension)."""
+        ...
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised float32 vectors for questions."""
+        ...
+
+
+def document_input(text: str, title: str = "", context: str = "") -> str:
+    """The string embedded for a passage: EmbeddingGemma's document prompt with its title slot."""
+    body = f"{context}\n{text}" if context else text
+    return f"title: {title or 'none'} | text: {body}"
+
+
+class SentenceTransformerEmbedder:
+    """sentence-transformers backend; documents are formatted by ``document_input`` beforehand."""
+
+    def __init__(self, model: str | None = None, batch_size: int = 16):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        path = resolve_model(model)
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+
+        try:
+            self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except Exception as exc:  # the library raises many types for a bad model folder
+            raise RagError(f"无法加载嵌入模型 / cannot load embedding model {path}: {exc}") from exc
+        self.name = Path(str(path)).name if Path(str(path)).exists() else str(model)
+        self.dimension = int(self.model.get_embedding_dimension()
+                             if hasattr(self.model, "get_embedding_dimension")
+                             else self.model.get_sentence_embedding_dimension())
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self._query_prompt = self.model.prompts.get("query", "")
+
+    def embed_documents(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
+        """Encode passages in batches, reporting (done, total) after each batch."""
+        vectors = []
+        for begin in range(0, len(texts), self.batch_size):
+            batch = list(texts[begin:begin + self.batch_size])
+            with self._lock:
+                vectors.append(self.model.encode(batch, batch_size=self.batch_size, prompt="",
+                                                 normalize_embeddings=True, convert_to_numpy=True))
+            if progress:
+                progress(min(begin + self.batch_size, len(texts)), len(texts))
+        if not vectors:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.vstack(vectors).astype(np.float32)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode questions with the model's query prompt."""
+        with self._lock:
+            vectors = self.model.encode(list(texts), prompt=self._query_prompt, normalize_embeddings=True,
+                                        convert_to_numpy=True, batch_size=self.batch_size)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def resolve_model(model: str | None) -> Path | str:
+    """Local path of the model to load: ``--model``/``RAG_MODEL``, else the bundled model."""
+    chosen = model or os.environ.get("RAG_MODEL") or DEFAULT_MODEL
+    if chosen == DEFAULT_MODEL:
+        path = default_model_path()
+        if not is_model_ready(path):
+            raise RagError(
+                f"嵌入模型尚未安装，请先运行 `make setup` 或 `python -m rag.model_fetch` / "
+                f"embedding model not installed at {path}; run `make setup` or `python -m rag.model_fetch`"
+            )
+        return path
+    candidate = Path(chosen).expanduser()
+    if candidate.exists():
+        return candidate
+    if (models_dir() / chosen).exists():
+        return models_dir() / chosen
+    return chosen
+
+
+_EMBEDDERS: dict[str, Embedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def load_embedder(model: str | None = None) -> Embedder:
+    """Factory: one loaded embedder per model per process (loading costs seconds)."""
+    key = model or os.environ.get("RAG_MODEL") or DEFAULT_MODEL
+    with _EMBEDDERS_LOCK:
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = SentenceTransformerEmbedder(key)
+        return _EMBEDDERS[key]
+
+
+def default_cache_path() -> Path:
+    """Embedding cache location (``RAG_EMBED_CACHE`` overrides)."""
+    override = os.environ.get("RAG_EMBED_CACHE")
+    return Path(override).expanduser() if override else models_dir().parent / "embeddings.sqlite"
+
+
+class EmbeddingCache:
+    """Vectors keyed by (model, SHA-256 of the embedded string), in SQLite.
+
+    Each batch is committed as soon as it is computed, so an interrupted build keeps its work.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or default_cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS embeddings (model TEXT, key TEXT, vector BLOB, "
+                        "PRIMARY KEY (model, key))")
+        self.db.commit()
+
+    @staticmethod
+    def key(text: str) -> str:
+        """Content hash of the exact string that is embedded."""
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def get_many(self, model: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Cached vectors for those of ``keys`` that are present."""
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        for begin in range(0, len(unique), 500):
+            part = unique[begin:begin + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(f"SELECT key, vector FROM embeddings WHERE model=? AND key IN ({marks})",
+                                   [model, *part])
+            for key, blob in rows:
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
+        """Store vectors and commit at once."""
+        self.db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
+                            [(model, k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
+        self.db.commit()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.db.close()
+
+
+def embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: Sequence[str],
+                     progress: ProgressCallback | None = None, batch_size: int = 32) -> tuple[np.ndarray, int]:
+    """Vectors for ``texts``, computing only those not cached; returns (vectors, number computed)."""
+    keys = [cache.key(t) for t in texts]
+    known = cache.get_many(embedder.name, keys)
+    missing = [i for i, k in enumerate(keys) if k not in known]
+    missing_unique = list(dict.fromkeys(keys[i] for i in missing))
+    first_text = {keys[i]: texts[i] for i in reversed(missing)}
+    done = 0
+    for begin in range(0, len(missing_unique), batch_size):
+        batch_keys = missing_unique[begin:begin + batch_size]
+        vectors = embedder.embed_documents([first_text[k] for k in batch_keys])
+        fresh = dict(zip(batch_keys, vectors, strict=True))
+        cache.put_many(embedder.name, fresh)
+        known.update(fresh)
+        done += len(batch_keys)
+        if progress:
+            progress(done, len(missing_unique))
+    if not keys:
+        return np.zeros((0, embedder.dimension), dtype=np.float32), 0
+    return np.vstack([known[k] for k in keys]).astype(np.float32), len(missing_unique)

@@ -1,0 +1,88 @@
+"""Jieba-based tokenisation for lexical matching, and word boundaries for the chunker.
+
+Matching tokens are computed on folded text (``textnorm.fold``). Latin/number runs such as
+``GPT-3``, ``M6-OFA`` or ``3.5`` are kept whole (jieba would split them at the hyphen) and also
+contribute their parts, so "GPT3" and "GPT-3" still meet. Chinese runs go through jieba's search
+mode, which yields whole words plus their shorter sub-words.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from functools import lru_cache
+from importlib import resources
+
+import jieba
+
+from .textnorm import fold
+
+jieba.setLogLevel(logging.WARNING)
+_LOCK = threading.Lock()
+_INITIALISED = False
+
+_LATIN = re.compile(r"[a-z0-9]+(?:[\-_.+/][a-z0-9]+)*")
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_TOKEN = re.compile(r"[a-z0-9]+(?:[\-_.+/][a-z0-9]+)*|[\u3400-\u9fff\uf900-\ufaff]+")
+_SEPARATOR = re.compile(r"[\-_+/]")
+
+
+@lru_cache(maxsize=1)
+def stopwords() -> frozenset[str]:
+    """Chinese stopwords and question words that carry no evidence."""
+    text = resources.files("rag.data").joinpath("stopwords_zh.txt").read_text(encoding="utf-8")
+    return frozenset(w.strip() for w in text.split() if w.strip())
+
+
+def _ensure_jieba() -> None:
+    global _INITIALISED
+    with _LOCK:
+        if not _INITIALISED:
+            jieba.initialize()
+            _INITIALISED = True
+
+
+def add_words(words: Iterable[str]) -> None:
+    """Teach jieba corpus terms (company and product names) so they are not split."""
+    _ensure_jieba()
+    for word in words:
+        if len(word) >= 2:
+            jieba.add_word(word, freq=20000)
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every jieba word in ``text``, covering it without gaps."""
+    _ensure_jieba()
+    return [(start, end) for _, start, end in jieba.tokenize(text)]
+
+
+def tokens(text: str) -> list[str]:
+    """Matching tokens of ``text``: folded, jieba search-mode words, Latin runs and their parts."""
+    _ensure_jieba()
+    folded = fold(text)
+    stop = stopwords()
+    result: list[str] = []
+    for match in _TOKEN.finditer(folded):
+        piece = match.group(0)
+        if _CJK_RUN.fullmatch(piece):
+            for word in jieba.cut_for_search(piece):
+                if word not in stop:
+                    result.append(word)
+        else:
+            result.append(piece)
+            parts = [part for part in _SEPARATOR.split(piece) if part]
+            if len(parts) > 1:
+                result.extend(parts)
+                result.append("".join(parts))
+    return result
+
+
+def corpus_terms(texts: Iterable[str]) -> set[str]:
+    """Names worth adding to jieba's dictionary: Chinese company/product names seen in the corpus."""
+    pattern = re.compile(r"([\u4e00-\u9fff]{2,6}?(?:科技|信息|智能|股份|集团|网络|软件|证券|银行|大模型|实验室|研究院))")
+    found: set[str] = set()
+    for text in texts:
+        found.update(pattern.findall(text))
+    return found

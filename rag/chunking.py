@@ -24,8 +24,14 @@ _SOFT_BREAKS = "，、,：:"
 
 @dataclass(frozen=True)
 class ChunkerSettings:
-    """How text is cut; recorded in the index manifest so a change forces a rebuild."""
+    """How passages are cut and shown to the model; recorded in the manifest (a change rebuilds).
 
+    ``strategy="fixed"`` is the typical-recipe baseline: windows of ``target_chars`` characters with
+    ``overlap_chars`` overlap, no sentence or table handling, embedded without context.
+    """
+
+    strategy: str = "sentence"
+    embed_context: bool = True
     target_chars: int = 350
     overlap_chars: int = 80
     min_chars: int = 40
@@ -130,6 +136,8 @@ class Chunker:
 
     def chunk(self, source: str, text: str) -> list[Chunk]:
         """All chunks of one document, in reading order."""
+        if self.settings.strategy == "fixed":
+            return self._fixed(source, text)
         lines = _lines(text)
         chunks: list[Chunk] = []
         units: list[_Unit] = []
@@ -157,6 +165,17 @@ class Chunker:
                         units.append(_Unit(*piece, heading=heading))
             index += 1
         chunks.extend(self._pack(source, text, units))
+        return chunks
+
+    def _fixed(self, source: str, text: str) -> list[Chunk]:
+        step = max(1, self.settings.target_chars - self.settings.overlap_chars)
+        chunks = []
+        for begin in range(0, len(text), step):
+            start, end = _strip_span(text, begin, min(len(text), begin + self.settings.target_chars))
+            if end > start:
+                chunks.append(Chunk(source, start, end, text[start:end]))
+            if begin + self.settings.target_chars >= len(text):
+                break
         return chunks
 
     def _pack(self, source: str, text: str, units: list[_Unit]) -> list[Chunk]:

@@ -206,6 +206,49 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
     click.echo(view.after(context_chars))
 
 
+@main.command("eval")
+@click.option("--questions", "questions_file", type=click.Path(path_type=Path), default=Path("eval/questions.jsonl"),
+              show_default=True, help="Question set (JSON lines: id, question, evidence, docs, type, split).")
+@click.option("--split", type=click.Choice(["dev", "test", "all"]), default="test", show_default=True)
+@click.option("--configs", default="bm25,dense,recipe,default", show_default=True,
+              help="Comma-separated configurations to compare.")
+@click.option("--limit", type=int, default=None, help="Only the first N questions (smoke runs).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval/results"), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
+@click.pass_context
+@handle_errors
+def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json) -> None:
+    """Benchmark retrieval on a question set: bm25, dense, the default pipeline and a typical recipe."""
+    import datetime
+
+    from . import evaluate
+
+    questions = evaluate.load_questions(questions_file, split)[:limit]
+    options = ctx.obj
+    from .api import default_corpus_dir, default_index_dir
+
+    available = evaluate.standard_configurations(options["corpus"] or default_corpus_dir(),
+                                                 options["index"] or default_index_dir(), model=options["model"],
+                                                 log=lambda m: click.echo(m, err=True))
+    wanted = [name.strip() for name in configs.split(",") if name.strip()]
+    unknown = set(wanted) - {c.name for c in available}
+    if unknown:
+        raise RagError(f"未知配置 / unknown configuration(s): {', '.join(sorted(unknown))}")
+    chosen = [c for name in wanted for c in available if c.name == name]
+    results = evaluate.run_benchmark(questions, chosen, progress=lambda m: click.echo(m, err=True))
+    stem = f"{datetime.date.today().isoformat()}-{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chart = out_dir / f"{stem}.png"
+    evaluate.plot_chart(results, chart)
+    report = evaluate.markdown_report(results, questions, split, str(questions_file), chart=chart.name)
+    (out_dir / f"{stem}.md").write_text(report, encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(evaluate.results_json(results), ensure_ascii=False, indent=2))
+    else:
+        click.echo(report)
+        click.echo(f"written: {out_dir / (stem + '.md')}, {chart}", err=True)
+
+
 @main.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=7860, show_default=True, type=int)

@@ -90,8 +90,10 @@ class BuildReport:
     duplicates: dict[str, list[str]] = field(default_factory=dict)
 
 
-def embedding_text(chunk: Chunk, info: ReportInfo) -> str:
+def embedding_text(chunk: Chunk, info: ReportInfo, with_context: bool = True) -> str:
     """What the model sees for a chunk: report title, heading and table header as context."""
+    if not with_context:
+        return document_input(chunk.text)
     context = "\n".join(part for part in (missing_context(chunk.heading, chunk.text),
                                           missing_context(chunk.table_header, chunk.text)) if part)
     return document_input(chunk.text, title=info.title, context=context)
@@ -211,7 +213,7 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     log(f"{len(documents)} reports, {len(stored)} passages")
 
     cache = cache or EmbeddingCache()
-    vectors, embedded = embed_with_cache(embedder, cache, [embedding_text(c, infos[c.source]) for c in chunks],
+    vectors, embedded = embed_with_cache(embedder, cache, [embedding_text(c, infos[c.source], settings.embed_context) for c in chunks],
                                          progress=progress)
 
     import bm25s

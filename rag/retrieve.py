@@ -86,6 +86,10 @@ class Retriever:
         self._grams = [grams(passage_key(c.text)) for c in index.chunks]
         self._embed_query = lru_cache(maxsize=256)(self._embed_query_uncached)
 
+    def clear_cache(self) -> None:
+        """Forget cached query vectors (benchmarks time cold queries)."""
+        self._embed_query.cache_clear()
+
     def _embed_query_uncached(self, query: str) -> np.ndarray:
         assert self.embedder is not None
         return self.embedder.embed_queries([query])[0]

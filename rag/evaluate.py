@@ -1,0 +1,333 @@
+"""The retrieval benchmark behind ``rag eval``.
+
+A question set (``eval/questions.jsonl`` or a user's file in the same format) is run through
+several configurations side by side, on the same machine with the same model:
+
+* ``bm25``     — BM25 over jieba tokens only, on the project's chunks;
+* ``dense``    — embeddings only, on the project's chunks;
+* ``default``  — the project's pipeline (hybrid fusion, de-duplication);
+* ``recipe``   — the typical tutorial recipe: fixed 500-character windows with 50 overlap, dense
+  only, no table handling, no context in the embeddings.
+
+A retrieved passage is relevant when, with all whitespace removed from both, it contains one of
+the question's evidence strings and comes from one of its listed reports. Ranking metrics come
+from ranx; abstention is judged with the same rule ``rag ask`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .answer import should_abstain
+from .api import ReportQA, Settings
+from .chunking import ChunkerSettings
+from .errors import RagError
+from .retrieve import Hit
+from .textnorm import squeeze
+
+TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
+RANX_METRICS = ["hit_rate@1", "hit_rate@3", "hit_rate@5", "hit_rate@10", "mrr@10", "ndcg@10"]
+MAIN_METRICS = ["hit@1", "hit@5", "mrr@10", "ndcg@10", "abstain", "false_abstain"]
+RECIPE_CHUNKER = ChunkerSettings(strategy="fixed", embed_context=False, target_chars=500, overlap_chars=50)
+MISSING = "__no_relevant_passage_retrieved__"
+
+
+@dataclass
+class Question:
+    """One benchmark question."""
+
+    id: str
+    question: str
+    evidence: list[str]
+    docs: list[str]
+    type: str
+    split: str = ""
+    answer: str = ""
+    difficulty: str = ""
+
+    @property
+    def answerable(self) -> bool:
+        """False for questions that no report answers."""
+        return self.type != "unanswerable" and bool(self.evidence)
+
+
+@dataclass
+class Configuration:
+    """One column of the side-by-side table."""
+
+    name: str
+    mode: str
+    qa: ReportQA
+
+
+@dataclass
+class ConfigResult:
+    """Per-configuration numbers."""
+
+    name: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    by_type: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_report: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    passage_chars: float = 0.0
+    misses: list[str] = field(default_factory=list)
+    abstention_curve: list[tuple[float, float, float]] = field(default_factory=list)
+
+
+def load_questions(path: Path, split: str | None = None) -> list[Question]:
+    """Read a question file (JSON lines); ``split`` keeps only ``dev`` or ``test`` questions."""
+    questions = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise RagError(f"无法读取问题集 / cannot read question file {path}: {exc.strerror}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            item = Question(id=str(raw["id"]), question=raw["question"], evidence=list(raw.get("evidence", [])),
+                            docs=list(raw.get("docs", [])), type=raw.get("type", "fact"),
+                            split=raw.get("split", ""), answer=raw.get("answer", ""),
+                            difficulty=raw.get("difficulty", ""))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RagError(f"问题集第 {number} 行格式错误 / bad line {number} in {path}: {exc}") from exc
+        if split in (None, "all") or item.split == split:
+            questions.append(item)
+    if not questions:
+        raise RagError(f"问题集中没有题目 / no questions in {path} for split {split!r}")
+    return questions
+
+
+def is_relevant(hit_text: str, source: str, question: Question) -> bool:
+    """Whitespace-free containment of an evidence string, in one of the listed reports."""
+    if question.docs and source not in question.docs:
+        return False
+    text = squeeze(hit_text)
+    return any(squeeze(e) in text for e in question.evidence)
+
+
+def _relevant_hit(hit: Hit, question: Question, qa: ReportQA) -> bool:
+    if is_relevant(hit.chunk.text, hit.chunk.source, question):
+        return True
+    for citation in hit.also_in:  # a folded near-copy counts as the same passage
+        copy = qa.index.by_citation.get(citation)
+        if copy and is_relevant(copy.text, copy.source, question):
+            return True
+    return False
+
+
+def _ranx_scores(runs: dict[str, list[tuple[str, bool]]]) -> dict[str, dict[str, float]]:
+    """Per-question ranx metrics from ranked (citation, relevant) lists."""
+    import warnings
+
+    from ranx import Qrels, Run, evaluate
+
+    warnings.filterwarnings("ignore", module="ranx")
+    warnings.filterwarnings("ignore", message=".*unsafe cast.*")
+
+    qrels_dict: dict[str, dict[str, int]] = {}
+    run_dict: dict[str, dict[str, float]] = {}
+    for qid, ranked in runs.items():
+        relevant = {cid: 1 for cid, ok in ranked if ok}
+        qrels_dict[qid] = relevant or {MISSING: 1}
+        run_dict[qid] = {cid: float(len(ranked) - i) for i, (cid, _) in enumerate(ranked)} or {"__empty__": 0.0}
+    if not qrels_dict:
+        return {}
+    scores = evaluate(Qrels(qrels_dict), Run(run_dict), RANX_METRICS, return_mean=False, make_comparable=True)
+    per_question: dict[str, dict[str, float]] = {qid: {} for qid in qrels_dict}
+    for metric, values in scores.items():
+        for qid, value in zip(qrels_dict, values, strict=True):
+            per_question[qid][metric.replace("hit_rate", "hit")] = float(value)
+    return per_question
+
+
+def _mean(values: list[float]) -> float:
+    return float(statistics.fmean(values)) if values else 0.0
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def evaluate_configuration(config: Configuration, questions: list[Question], depth: int = 10,
+                           progress: Callable[[str], None] | None = None) -> ConfigResult:
+    """Run every question through one configuration and compute its metrics."""
+    result = ConfigResult(config.name)
+    runs: dict[str, list[tuple[str, bool]]] = {}
+    latencies, passage_lengths = [], []
+    abstained: dict[str, bool] = {}
+    best_signals: dict[str, list[Hit]] = {}
+    config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
+    config.qa.retriever.clear_cache()
+    for question in questions:
+        began = time.perf_counter()
+        found = config.qa.search(question.question, top_k=depth, mode=config.mode)
+        latencies.append((time.perf_counter() - began) * 1000)
+        hits = found.hits
+        best_signals[question.id] = hits
+        abstained[question.id] = should_abstain(hits, config.qa.settings.abstention)
+        passage_lengths.extend(len(h.chunk.text) for h in hits[:5])
+        if question.answerable:
+            runs[question.id] = [(h.citation, _relevant_hit(h, question, config.qa)) for h in hits]
+    per_question = _ranx_scores(runs)
+    answerable = [q for q in questions if q.answerable]
+    unanswerable = [q for q in questions if not q.answerable]
+
+    def summarise(group: list[Question]) -> dict[str, float]:
+        scored = [per_question[q.id] for q in group if q.id in per_question]
+        summary = {m: _mean([s[m] for s in scored]) for m in ("hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10")}
+        summary["n"] = float(len(group))
+        return summary
+
+    result.metrics = summarise(answerable)
+    multi = [q for q in answerable if q.type == "multi"]
+    if multi:
+        recalls = []
+        for question in multi:
+            top = best_signals[question.id][:5]
+            covered = [any(squeeze(e) in squeeze(h.chunk.text) for h in top) for e in question.evidence]
+            recalls.append(sum(covered) / len(covered))
+        result.metrics["multi_evidence_recall@5"] = _mean(recalls)
+    result.metrics["abstain"] = _mean([float(abstained[q.id]) for q in unanswerable]) if unanswerable else 0.0
+    result.metrics["false_abstain"] = _mean([float(abstained[q.id]) for q in answerable])
+    for kind in TYPES:
+        group = [q for q in questions if q.type == kind]
+        if group:
+            result.by_type[kind] = (summarise(group) if kind != "unanswerable" else
+                                    {"abstain": _mean([float(abstained[q.id]) for q in group]), "n": float(len(group))})
+    reports = sorted({d for q in answerable for d in q.docs})
+    for report in reports:
+        result.by_report[report] = summarise([q for q in answerable if report in q.docs])
+    result.latency_ms = {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)}
+    result.passage_chars = _mean([float(n) for n in passage_lengths])
+    result.misses = [q.id for q in answerable if per_question.get(q.id, {}).get("hit@5", 0.0) == 0.0]
+    result.abstention_curve = _abstention_curve(config.qa.settings, best_signals, answerable, unanswerable)
+    if progress:
+        progress(f"{config.name}: hit@5={result.metrics['hit@5']:.3f} mrr@10={result.metrics['mrr@10']:.3f}")
+    return result
+
+
+def _abstention_curve(settings: Settings, hits: dict[str, list[Hit]], answerable: list[Question],
+                      unanswerable: list[Question]) -> list[tuple[float, float, float]]:
+    """(min_dense, abstain rate, false-abstain rate) for a sweep of the main threshold."""
+    curve = []
+    for step in range(20, 66, 3):
+        threshold = step / 100
+        trial = replace(settings.abstention, min_dense=threshold)
+        abstain = _mean([float(should_abstain(hits[q.id], trial)) for q in unanswerable])
+        false = _mean([float(should_abstain(hits[q.id], trial)) for q in answerable])
+        curve.append((threshold, abstain, false))
+    return curve
+
+
+def standard_configurations(corpus_dir: Path, index_dir: Path, model: str | None = None,
+                            settings: Settings | None = None,
+                            log: Callable[[str], None] = lambda message: None) -> list[Configuration]:
+    """bm25, dense, default and recipe configurations over one corpus (recipe index built if needed)."""
+    settings = settings or Settings()
+    main = ReportQA(corpus_dir, index_dir, model=model, settings=settings)
+    main.build(log=log)
+    recipe_settings = replace(settings, chunker=RECIPE_CHUNKER)
+    recipe = ReportQA(corpus_dir, index_dir.parent / f"{index_dir.name}-recipe", model=model,
+                      settings=recipe_settings)
+    recipe.build(log=log)
+    return [Configuration("bm25", "bm25", main), Configuration("dense", "dense", main),
+            Configuration("recipe", "dense", recipe), Configuration("default", "hybrid", main)]
+
+
+def run_benchmark(questions: list[Question], configurations: list[Configuration],
+                  progress: Callable[[str], None] | None = None) -> list[ConfigResult]:
+    """Evaluate every configuration on the same questions."""
+    return [evaluate_configuration(c, questions, progress=progress) for c in configurations]
+
+
+def _row(values: list[str]) -> str:
+    return "| " + " | ".join(values) + " |"
+
+
+def markdown_report(results: list[ConfigResult], questions: list[Question], split: str, source: str,
+                    chart: str | None = None) -> str:
+    """The benchmark as a Markdown report (tables per metric, type, report; abstention curve)."""
+    answerable = sum(q.answerable for q in questions)
+    lines = [f"# Retrieval benchmark — split `{split}`", "",
+             f"Questions: {len(questions)} from `{source}` ({answerable} answerable, "
+             f"{len(questions) - answerable} unanswerable). Generated by `rag eval --split {split}`.", ""]
+    header = ["config", "Hit@1", "Hit@3", "Hit@5", "Hit@10", "MRR@10", "nDCG@10", "multi recall@5",
+              "abstain (unans.)", "false abstain", "p50 ms", "p95 ms", "top-5 chars"]
+    lines += [_row(header), _row(["---"] * len(header))]
+    for r in results:
+        m = r.metrics
+        lines.append(_row([r.name] + [f"{m.get(k, 0):.3f}" for k in
+                                      ("hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10",
+                                       "multi_evidence_recall@5", "abstain", "false_abstain")]
+                          + [f"{r.latency_ms['p50']:.0f}", f"{r.latency_ms['p95']:.0f}", f"{r.passage_chars:.0f}"]))
+    if chart:
+        lines += ["", f"![main metrics]({chart})"]
+    lines += ["", "## Hit@5 / MRR@10 by question type", ""]
+    kinds = [k for k in TYPES if any(k in r.by_type for r in results)]
+    lines += [_row(["config"] + kinds), _row(["---"] * (len(kinds) + 1))]
+    for r in results:
+        cells = []
+        for kind in kinds:
+            values = r.by_type.get(kind, {})
+            cells.append(f"abstain {values.get('abstain', 0):.2f}" if kind == "unanswerable"
+                         else f"{values.get('hit@5', 0):.2f} / {values.get('mrr@10', 0):.2f}")
+        lines.append(_row([r.name] + cells))
+    reports = sorted({rep for r in results for rep in r.by_report})
+    lines += ["", "## Hit@5 / MRR@10 by report", "", _row(["config"] + reports), _row(["---"] * (len(reports) + 1))]
+    for r in results:
+        lines.append(_row([r.name] + [f"{r.by_report.get(rep, {}).get('hit@5', 0):.2f} / "
+                                      f"{r.by_report.get(rep, {}).get('mrr@10', 0):.2f}" for rep in reports]))
+    lines += ["", "## Abstention trade-off (varying the dense-score bar)", ""]
+    for r in results:
+        if r.name != "default":
+            continue
+        lines += [_row(["min dense score", "abstain on unanswerable", "false abstain on answerable"]),
+                  _row(["---"] * 3)]
+        lines += [_row([f"{t:.2f}", f"{a:.2f}", f"{f:.2f}"]) for t, a, f in r.abstention_curve]
+    lines += ["", "## Missed at 5", ""]
+    for r in results:
+        lines.append(f"- {r.name}: {', '.join(r.misses) or 'none'}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_chart(results: list[ConfigResult], path: Path) -> None:
+    """Bar chart of the main metrics per configuration (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["hit@1", "hit@5", "mrr@10", "ndcg@10"]
+    figure, axis = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(results))
+    for index, result in enumerate(results):
+        positions = [m + index * width for m in range(len(metrics))]
+        bars = axis.bar(positions, [result.metrics.get(m, 0) for m in metrics], width, label=result.name)
+        axis.bar_label(bars, fmt="%.2f", fontsize=7)
+    axis.set_xticks([m + width * (len(results) - 1) / 2 for m in range(len(metrics))], metrics)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("score")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_title("Retrieval quality per configuration")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def results_json(results: list[ConfigResult]) -> dict:
+    """Numbers for scripts (``rag eval --json``)."""
+    return {r.name: {"metrics": r.metrics, "by_type": r.by_type, "by_report": r.by_report,
+                     "latency_ms": r.latency_ms, "passage_chars": r.passage_chars, "misses": r.misses}
+            for r in results}
+

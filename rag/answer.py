@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .chunking import sentence_spans
 from .retrieve import Hit, coverage, query_terms
-from .textnorm import SENTENCE_END
+from .textnorm import fold
 
 NOT_FOUND = "在报告中未找到相关内容"
 
@@ -34,8 +35,6 @@ class Answer:
     sources: list[Hit]
 
 
-_SENTENCE = re.compile(rf"[^{SENTENCE_END}\n]+[{SENTENCE_END}]?[”’」』）)]*")
-
 
 def should_abstain(hits: list[Hit], settings: AbstentionSettings) -> bool:
     """True when even the best hit looks unrelated to the question."""
@@ -50,6 +49,25 @@ def should_abstain(hits: list[Hit], settings: AbstentionSettings) -> bool:
     return not (best_coverage >= settings.min_coverage and best_dense >= settings.min_dense_with_coverage)
 
 
+def _answer_units(hit: Hit) -> list[tuple[str, str]]:
+    """(quoted text, text it is scored as): sentences, or table rows scored with their header."""
+    text = hit.chunk.text
+    if hit.chunk.kind != "table":
+        return [(text[a:b], text[a:b]) for a, b in sentence_spans(text)]
+    context_lines = [line.strip() for line in hit.chunk.table_header.split("\n") if line.strip()]
+    header = context_lines[-1] if context_lines else ""
+    rows = [line.strip() for line in text.split("\n") if line.strip() and line.strip() not in context_lines]
+    return [(row, f"{header}\t{row}") for row in rows]
+
+
+def _leftover(sentence: str, terms: list[str]) -> str:
+    """What a sentence says beyond the question's own terms (folded, punctuation and spaces dropped)."""
+    rest = fold(sentence)
+    for term in sorted(terms, key=len, reverse=True):
+        rest = rest.replace(term, "")
+    return re.sub(r"[\W_]+", "", rest)
+
+
 def compose_answer(query: str, hits: list[Hit], settings: AbstentionSettings | None = None,
                    max_sentences: int = 3, max_passages: int = 3) -> Answer:
     """Pick the sentences of the top passages that cover the question best, with markers."""
@@ -59,11 +77,10 @@ def compose_answer(query: str, hits: list[Hit], settings: AbstentionSettings | N
     terms = query_terms(query)
     candidates = []
     for position, hit in enumerate(hits[:max_passages]):
-        for order, match in enumerate(_SENTENCE.finditer(hit.chunk.text)):
-            sentence = match.group(0).strip()
-            if len(sentence) < 4:
-                continue
-            score = coverage(terms, sentence) - 0.1 * position - 0.001 * order
+        for order, (sentence, scored_as) in enumerate(_answer_units(hit)):
+            if len(_leftover(sentence, terms)) < 4:
+                continue  # a header row or a line that only repeats the question says nothing new
+            score = coverage(terms, scored_as) - 0.1 * position - 0.001 * order
             candidates.append((score, position, order, sentence))
     chosen = sorted(candidates, reverse=True)[:max_sentences]
     chosen = [c for c in chosen if c[0] > 0] or chosen[:1]

@@ -121,6 +121,7 @@ class ReportQA:
         self._retriever: Retriever | None = None
         self._loaded_at: float | None = None
         self._lock = threading.RLock()
+        self._build_lock = threading.Lock()
 
     @property
     def embedder(self) -> Embedder:
@@ -130,18 +131,29 @@ class ReportQA:
         return self._embedder
 
     def build(self, force: bool = False, progress=None, log=lambda message: None) -> BuildReport:
-        """Index the corpus (only changed passages are embedded); the live index swaps atomically."""
-        with self._lock:
+        """Index the corpus (only changed passages are embedded); the live index swaps atomically.
+
+        Searches keep using the previous index while a build runs; builds run one at a time.
+        """
+        with self._build_lock:
             report = build_index(self.corpus_dir, self.index_dir, self.embedder, self.settings.chunker,
                                  cache=self.cache or EmbeddingCache(), force=force, progress=progress, log=log)
-            self._retriever = None
-            return report
+        with self._lock:
+            self._retriever = None  # reloaded on next use; the old index served queries meanwhile
+        return report
+
+    @property
+    def building(self) -> bool:
+        """True while a build is running (searches meanwhile use the previous index)."""
+        return self._build_lock.locked()
 
     def index_status(self) -> str | None:
         """None when an index is ready, else a Chinese explanation of what is missing."""
         try:
-            self.retriever
+            _ = self.retriever
         except RagError as exc:
+            if self.building:
+                return "索引正在建立，请稍候 / the index is being built, please wait"
             return str(exc)
         return None
 

@@ -32,6 +32,7 @@ class ChunkerSettings:
 
     strategy: str = "sentence"
     embed_context: bool = True
+    sentence_vectors: bool = True
     target_chars: int = 350
     overlap_chars: int = 80
     min_chars: int = 40
@@ -102,6 +103,14 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     if begin < end:
         spans.append((begin, end))
     return [(a, b) for a, b in spans if text[a:b].strip()]
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every sentence of ``text``: split at sentence-final punctuation and lines."""
+    spans = []
+    for start, end in _lines(text):
+        spans.extend(_strip_span(text, a, b) for a, b in _sentences(text, start, end))
+    return [(a, b) for a, b in spans if b > a]
 
 
 def _split_long(text: str, start: int, end: int, limit: int) -> list[tuple[int, int]]:

@@ -85,8 +85,11 @@ def index_command(ctx: click.Context, force: bool) -> None:
     bar: dict = {}
 
     def progress(done: int, total: int) -> None:
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, desc="embedding passages", unit="chunk", file=sys.stderr)
+        if "bar" not in bar or bar["bar"].total != total:
+            if "bar" in bar:
+                bar["bar"].close()
+            label = "embedding passages" if "bar" not in bar else "embedding sentences"
+            bar["bar"] = tqdm(total=total, desc=label, unit="text", file=sys.stderr)
         bar["bar"].n = done
         bar["bar"].refresh()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunking import Chunk, Chunker, ChunkerSettings, missing_context
+from .chunking import Chunk, Chunker, ChunkerSettings, missing_context, sentence_spans
 from .dedup import find_duplicate_documents
 from .documents import Document, LoadFailure, load_corpus
 from .embed import Embedder, EmbeddingCache, document_input, embed_with_cache
@@ -99,6 +99,21 @@ def embedding_text(chunk: Chunk, info: ReportInfo, with_context: bool = True) ->
     return document_input(chunk.text, title=info.title, context=context)
 
 
+MIN_UNIT_CHARS = 8
+
+
+def sentence_units(chunk: StoredChunk, info: ReportInfo) -> list[str]:
+    """Embedding inputs for the sentences (table rows) of a chunk: matched small, cited whole."""
+    context = missing_context(chunk.table_header, chunk.text) if chunk.kind == "table" else ""
+    header = chunk.table_header.split("\n")[-1] if chunk.kind == "table" else ""
+    units = []
+    for start, end in sentence_spans(chunk.text):
+        sentence = chunk.text[start:end]
+        if len(sentence) >= MIN_UNIT_CHARS and sentence != header:
+            units.append(document_input(sentence, title=info.title, context=context))
+    return units
+
+
 def lexical_text(chunk: Chunk | StoredChunk) -> str:
     """What BM25 indexes for a chunk: its text plus a table's header row."""
     header = missing_context(chunk.table_header, chunk.text)
@@ -166,6 +181,15 @@ def read_manifest(index_dir: Path) -> dict | None:
         return None
 
 
+def _opens(index_dir: Path) -> bool:
+    """True when the live index loads; a damaged one must be rebuilt, not reported up to date."""
+    try:
+        Index(index_dir)
+    except RagError:
+        return False
+    return True
+
+
 def _switch_current(index_dir: Path, version: str) -> None:
     link = index_dir / f".current-{os.getpid()}"
     if link.is_symlink() or link.exists():
@@ -199,14 +223,16 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
               "chunker": settings.as_dict(), "corpus": corpus_hashes}
     if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
         metadata_file = corpus_dir / "metadata.json"
-        if metadata_file.exists() and metadata_file.stat().st_mtime <= manifest.get("built_at", 0):
+        if metadata_file.exists() and metadata_file.stat().st_mtime <= manifest.get("built_at", 0) \
+                and _opens(index_dir):
             return BuildReport(str(index_dir), len(documents), manifest.get("chunks", 0), 0,
                                manifest.get("chunks", 0), time.perf_counter() - began, skipped=True,
                                failures=failures)
 
     duplicates = find_duplicate_documents({d.source: d.text for d in documents})
     infos = _corpus_infos(corpus_dir, documents, duplicates)
-    add_words(corpus_terms(d.text for d in documents))
+    user_words = sorted(corpus_terms(d.text for d in documents))
+    add_words(user_words)
     chunker = Chunker(settings)
     chunks = [c for d in documents for c in chunker.chunk(d.source, d.text)]
     stored = _citations(chunks, {d.source: d for d in documents})
@@ -216,22 +242,37 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     vectors, embedded = embed_with_cache(embedder, cache, [embedding_text(c, infos[c.source], settings.embed_context) for c in chunks],
                                          progress=progress)
 
+    unit_texts: list[str] = []
+    unit_owner: list[int] = []
+    if settings.sentence_vectors:
+        for chunk in stored:
+            for unit in sentence_units(chunk, infos[chunk.source]):
+                unit_texts.append(unit)
+                unit_owner.append(chunk.id)
+        unit_vectors, unit_embedded = embed_with_cache(embedder, cache, unit_texts, progress=progress)
+        embedded += unit_embedded
+
     import bm25s
     import faiss
 
     index_dir.mkdir(parents=True, exist_ok=True)
-    version = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    version = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
     build_dir = index_dir / f".build-{version}"
     build_dir.mkdir()
     try:
         dense = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dimension))
         dense.add_with_ids(vectors, np.arange(len(stored), dtype=np.int64))
         faiss.write_index(dense, str(build_dir / "dense.faiss"))
+        if settings.sentence_vectors:
+            units = faiss.IndexFlatIP(embedder.dimension)
+            units.add(unit_vectors)
+            faiss.write_index(units, str(build_dir / "units.faiss"))
+            np.save(build_dir / "unit_owner.npy", np.asarray(unit_owner, dtype=np.int64))
         lexical = bm25s.BM25()
         lexical.index([tokens(lexical_text(c)) or ["\x00"] for c in stored], show_progress=False)
         lexical.save(str(build_dir / "bm25"))
         _write_meta(build_dir / "meta.sqlite", documents, infos, duplicates, stored)
-        manifest = {**wanted, "chunks": len(stored), "built_at": time.time(),
+        manifest = {**wanted, "chunks": len(stored), "built_at": time.time(), "user_words": user_words,
                     "duplicates": duplicates, "failures": [asdict(f) for f in failures]}
         (build_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2),
                                                  encoding="utf-8")
@@ -241,7 +282,8 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
         raise
     _switch_current(index_dir, version)
     _remove_stale_versions(index_dir, version)
-    return BuildReport(str(index_dir), len(documents), len(stored), embedded, len(stored) - embedded,
+    return BuildReport(str(index_dir), len(documents), len(stored), embedded,
+                       len(stored) + len(unit_texts) - embedded,
                        time.perf_counter() - began, failures=failures, duplicates=duplicates)
 
 
@@ -257,11 +299,15 @@ class Index:
         if manifest.get("format") != FORMAT_VERSION:
             raise RagError(f"索引格式已过期：{index_dir}。{REBUILD_HINT}")
         self.manifest = manifest
+        # Queries must be cut with the same dictionary the passages were indexed with.
+        add_words(manifest.get("user_words", []))
         try:
             import bm25s
             import faiss
 
             self.dense = faiss.read_index(str(live / "dense.faiss"))
+            self.units = faiss.read_index(str(live / "units.faiss")) if (live / "units.faiss").exists() else None
+            self.unit_owner = np.load(live / "unit_owner.npy") if self.units is not None else None
             self.lexical = bm25s.BM25.load(str(live / "bm25"))
             db = sqlite3.connect(f"file:{live / 'meta.sqlite'}?mode=ro", uri=True)
             self.chunks = [StoredChunk(*row) for row in db.execute(

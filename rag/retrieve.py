@@ -20,14 +20,25 @@ from .tokenize import tokens
 
 MODES = ("hybrid", "dense", "bm25")
 MAX_QUERY_CHARS = 2000
+# Two extractions of one report cut passages at different places, so copies overlap only partly;
+# between reports already known to be duplicates a modest shared share means the same passage.
+DUPLICATE_OVERLAP = 0.3
 
 
 @dataclass
 class FusionSettings:
-    """Weights of the two signals in reciprocal-rank fusion, and the RRF constant."""
+    """How hybrid search combines its signals.
 
+    ``method="score"`` (default) adds weighted scores: passage cosine, best sentence cosine, BM25
+    divided by the best BM25 among the candidates, and query-term coverage; chosen on the dev split
+    (``eval/tune.py``). ``method="rrf"`` is weighted reciprocal-rank fusion of the three rankings.
+    """
+
+    method: str = "score"
     dense_weight: float = 1.0
-    bm25_weight: float = 1.0
+    sentence_weight: float = 0.5
+    bm25_weight: float = 0.3
+    coverage_weight: float = 0.1
     rrf_k: int = 60
     candidates: int = 50
 
@@ -63,15 +74,20 @@ class Hit:
 
 
 def query_terms(query: str) -> list[str]:
-    """Distinct matching tokens of a question, stopwords removed."""
-    return list(dict.fromkeys(tokens(query)))
+    """Distinct matching tokens of a question as written (stopwords and synthetic joins removed)."""
+    written = fold(query).replace(" ", "")
+    return [t for t in dict.fromkeys(tokens(query)) if t.replace(" ", "") in written]
 
 
 def coverage(terms: list[str], text: str) -> float:
     """Share of query terms (weighted by length) that occur in ``text``."""
+    return folded_coverage(terms, fold(text).replace(" ", ""))
+
+
+def folded_coverage(terms: list[str], folded: str) -> float:
+    """``coverage`` for text already folded with spaces removed."""
     if not terms:
         return 0.0
-    folded = fold(text).replace(" ", "")
     total = sum(len(t) for t in terms)
     return sum(len(t) for t in terms if t.replace(" ", "") in folded) / total
 
@@ -84,6 +100,7 @@ class Retriever:
         self.embedder = embedder
         self.fusion = fusion or FusionSettings()
         self._grams = [grams(passage_key(c.text)) for c in index.chunks]
+        self._folded = [fold(c.table_header + c.text).replace(" ", "") for c in index.chunks]
         self._embed_query = lru_cache(maxsize=256)(self._embed_query_uncached)
 
     def clear_cache(self) -> None:
@@ -104,6 +121,20 @@ class Retriever:
         result[ids[0][valid]] = scores[0][valid]
         return result
 
+    def sentence_scores(self, query: str) -> np.ndarray | None:
+        """Per chunk, the best cosine of the query with one of its sentences (None without units)."""
+        units, owner = self.index.units, self.index.unit_owner
+        if units is None or owner is None or units.ntotal == 0:
+            return None
+        vector = self._embed_query(query)
+        scores, ids = units.search(vector[None, :], min(units.ntotal, 200))
+        result = np.full(len(self.index.chunks), -1.0, dtype=np.float32)
+        for score, unit in zip(scores[0], ids[0], strict=True):
+            if unit >= 0:
+                chunk_id = owner[unit]
+                result[chunk_id] = max(result[chunk_id], score)
+        return result
+
     def bm25_scores(self, query: str) -> np.ndarray:
         """BM25 score of the query with every chunk (index order)."""
         terms = tokens(query)
@@ -111,23 +142,50 @@ class Retriever:
             return np.zeros(len(self.index.chunks), dtype=np.float32)
         return np.asarray(self.index.lexical.get_scores(terms), dtype=np.float32)
 
-    def _ranking(self, query: str, mode: str, allowed: np.ndarray) -> tuple[list[int], dict[int, float],
+    def _ranking(self, query: str, mode: str, allowed: np.ndarray) -> tuple[list[int], np.ndarray,
                                                                               np.ndarray | None, np.ndarray | None]:
         dense = self.dense_scores(query) if mode in ("hybrid", "dense") else None
         lexical = self.bm25_scores(query) if mode in ("hybrid", "bm25") else None
-        fused: dict[int, float] = {}
-        for scores, weight in ((dense, self.fusion.dense_weight), (lexical, self.fusion.bm25_weight)):
-            if scores is None:
-                continue
-            masked = np.where(allowed, scores, -np.inf)
-            order = np.argsort(-masked, kind="stable")[: self.fusion.candidates]
-            for rank, chunk_id in enumerate(order):
-                if not np.isfinite(masked[chunk_id]) or (scores is lexical and masked[chunk_id] <= 0):
-                    continue
-                contribution = weight / (self.fusion.rrf_k + rank + 1) if mode == "hybrid" else float(scores[chunk_id])
-                fused[int(chunk_id)] = fused.get(int(chunk_id), 0.0) + contribution
-        ranked = sorted(fused, key=lambda i: (-fused[i], i))
-        return ranked, fused, dense, lexical
+        if mode == "dense":
+            scores = np.where(dense > -1.0, dense, -np.inf)
+        elif mode == "bm25":
+            scores = np.where(lexical > 0, lexical, -np.inf)
+        else:
+            scores = self._fuse(query, dense, lexical, allowed)
+        scores = np.where(allowed, scores, -np.inf)
+        order = np.argsort(-scores, kind="stable")
+        ranked = [int(i) for i in order[: max(self.fusion.candidates, 1) * 3] if np.isfinite(scores[i])]
+        return ranked, scores, dense, lexical
+
+    def _fuse(self, query: str, dense: np.ndarray, lexical: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """Hybrid score of every chunk (-inf outside the candidate set)."""
+        fusion = self.fusion
+        sentences = self.sentence_scores(query) if fusion.sentence_weight else None
+        if sentences is None:
+            sentences = dense
+        signals = [dense, sentences, np.where(lexical > 0, lexical, -1.0)]
+        candidates: set[int] = set()
+        for signal in signals:
+            masked = np.where(allowed & (signal > -1.0), signal, -np.inf)
+            candidates.update(int(i) for i in np.argsort(-masked, kind="stable")[: fusion.candidates]
+                              if np.isfinite(masked[i]))
+        fused = np.full(len(self.index.chunks), -np.inf)
+        if fusion.method == "rrf":
+            for signal, weight in ((dense, fusion.dense_weight), (lexical, fusion.bm25_weight),
+                                   (sentences, fusion.sentence_weight)):
+                ranks = np.empty(len(signal), dtype=np.int64)
+                ranks[np.argsort(-signal, kind="stable")] = np.arange(len(signal))
+                for chunk_id in candidates:
+                    fused[chunk_id] = max(fused[chunk_id], 0.0) + weight / (fusion.rrf_k + ranks[chunk_id] + 1)
+            return fused
+        top_bm25 = float(max((lexical[i] for i in candidates), default=0.0))
+        terms = query_terms(query)
+        for chunk_id in candidates:
+            fused[chunk_id] = (fusion.dense_weight * dense[chunk_id]
+                               + fusion.sentence_weight * sentences[chunk_id]
+                               + (fusion.bm25_weight * lexical[chunk_id] / top_bm25 if top_bm25 > 0 else 0.0)
+                               + fusion.coverage_weight * folded_coverage(terms, self._folded[chunk_id]))
+        return fused
 
     def search(self, query: str, top_k: int = 5, mode: str = "hybrid",
                sources: list[str] | None = None) -> list[Hit]:
@@ -148,10 +206,10 @@ class Retriever:
             if len(hits) == top_k:
                 continue
             hits.append(Hit(rank=len(hits) + 1, chunk=chunk, document=self.index.documents[chunk.source],
-                            score=fused[chunk_id],
+                            score=float(fused[chunk_id]),
                             dense_score=None if dense is None else float(dense[chunk_id]),
                             bm25_score=None if lexical is None else float(lexical[chunk_id]),
-                            coverage=coverage(terms, chunk.table_header + chunk.text)))
+                            coverage=folded_coverage(terms, self._folded[chunk_id])))
         return hits
 
     def _copy_of(self, chunk_id: int, hits: list[Hit]) -> Hit | None:
@@ -160,6 +218,6 @@ class Retriever:
             if hit.chunk.source == chunk.source:
                 continue
             if hit.chunk.source in self.index.documents[chunk.source].duplicates and \
-                    containment(self._grams[chunk_id], self._grams[hit.chunk.id]) >= 0.6:
+                    containment(self._grams[chunk_id], self._grams[hit.chunk.id]) >= DUPLICATE_OVERLAP:
                 return hit
         return None

@@ -1,0 +1,540 @@
+"""Gradio chat UI over ``rag.api.ReportQA``: ask in Chinese, read cited answers, look citations up.
+
+    rag ui                      # http://127.0.0.1:7860, loopback only
+    python ui.py --port 8000    # the same
+
+Layout (all text in Chinese):
+
+* a status banner with a 建立索引 button, shown only while the index is missing or being built;
+* 问答 tab: the chat (each answer carries its [n] markers and, below it, the numbered sources
+  with report label, citation ID, lines/page, the passage with the question's words highlighted,
+  an expandable 上下文 and 亦见 for near-duplicate reports), plus a report filter and a top-k
+  slider that apply to the next question and re-answer the last one when changed;
+* 引用查询 tab: a citation ID (``qa.cite``) or a quoted phrase (``qa.find``) shown in context;
+* 添加报告 tab: upload a .txt/.md/.pdf report, which is validated, copied into the corpus and
+  indexed incrementally by ``qa.add_report``.
+
+This module only formats and wires: every retrieval, answer, citation and ingest decision is
+made by ``ReportQA``. The one piece of state it keeps is per browser session (``gr.State``: the
+last question, for re-answering when the filters change) plus a flag telling questions that a
+build started from this UI is running. ``ask`` is also a JSON endpoint (``api_name="ask"``) for
+``gradio_client``; ``add_report`` and ``lookup`` are callable too.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gradio as gr  # noqa: E402
+
+from .api import MAX_UPLOAD_BYTES, AskResult, ReportQA, safe_file_name  # noqa: E402
+from .cite import CITATION, CitationView  # noqa: E402
+from .errors import RagError  # noqa: E402
+from .retrieve import Hit, query_terms  # noqa: E402
+from .textnorm import fold  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+TITLE = "报告问答"
+EXAMPLES = ["GPT-3 的参数量是多少？", "哪些公司是通义大模型的合作伙伴？", "M6-OFA 是什么时候发布的？"]
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 20
+DEFAULT_CONCURRENCY = 16   # events of one kind running at once; more wait in the queue
+QUEUE_MAX_SIZE = 512       # events waiting at most; beyond that a user is told the queue is full
+CONTEXT_CHARS = 200        # context each side of a cited passage in the chat
+LOOKUP_CONTEXT_CHARS = 400  # … and in the 引用查询 tab
+MAX_PHRASE_HITS = 20
+
+CSS = """
+.rag-answer, .rag-lookup { line-height: 1.7; }
+.rag-answer-text { font-size: 1.02em; white-space: pre-wrap; tab-size: 4; }
+.rag-marker { color: var(--color-accent); font-weight: 600; }
+.rag-note { font-size: .85em; color: var(--body-text-color-subdued); margin-top: .3em; }
+.rag-sources { margin-top: .7em; padding-top: .4em; border-top: 1px solid var(--border-color-primary); }
+.rag-sources-title { font-weight: 600; margin-bottom: .2em; }
+.rag-source { margin: .5em 0; padding: .45em .7em; border-left: 3px solid var(--color-accent);
+  background: var(--background-fill-secondary); border-radius: 4px; }
+.rag-source-head { font-weight: 600; }
+.rag-loc { font-size: .85em; color: var(--body-text-color-subdued); word-break: break-all; }
+.rag-loc code { font-size: .95em; }
+.rag-passage { white-space: pre-wrap; tab-size: 4; margin: .35em 0; font-size: .95em; }
+.rag-answer mark, .rag-lookup mark { background: #ffe58f; color: inherit; padding: 0 1px; border-radius: 2px; }
+.rag-cited { background: rgba(255, 229, 143, .28); border-bottom: 2px solid #d4b106; color: var(--body-text-color); }
+details.rag-context summary { cursor: pointer; color: var(--color-accent); font-size: .9em; }
+.rag-context-body { white-space: pre-wrap; tab-size: 4; font-size: .9em; color: var(--body-text-color-subdued);
+  max-height: 24em; overflow-y: auto; padding: .3em 0; }
+.rag-also { font-size: .85em; color: var(--body-text-color-subdued); }
+.rag-error { color: var(--error-text-color); font-weight: 600; }
+.rag-empty { color: var(--body-text-color-subdued); }
+#rag-reports ul[role="listbox"] { background: var(--background-fill-primary); }
+.rag-lookup .rag-context-body { max-height: none; }
+.rag-lookup .rag-cited { background: rgba(255, 229, 143, .55); }
+#rag-status { border: 1px solid #d4b106; background: rgba(255, 229, 143, .25); border-radius: 6px; padding: .4em .8em; }
+"""
+
+_FONTS = ["Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "PingFang SC", "Microsoft YaHei",
+          "system-ui", "sans-serif"]
+
+
+def _theme() -> gr.themes.Base:
+    # System fonts only: nothing is fetched from a font CDN, and CJK glyphs come from the OS.
+    return gr.themes.Soft(primary_hue="blue", font=_FONTS, font_mono=["DejaVu Sans Mono", "monospace"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting (pure functions of API results)
+# ---------------------------------------------------------------------------------------------
+
+_BLANK_RUN = re.compile(r"\n[ \t\u3000]*(?:\n[ \t\u3000]*)+\n")
+
+
+def _escape(text: str) -> str:
+    """HTML-escaped text with line breaks as <br>, so a whole message stays one HTML block.
+
+    Runs of blank lines (figure placeholders in extracted reports) are shown as one blank line.
+    """
+    return html.escape(_BLANK_RUN.sub("\n\n", text), quote=False).replace("\n", "<br>")
+
+
+def highlight_terms(question: str) -> list[str]:
+    """The question's matching terms worth marking: ``query_terms`` without one-character words."""
+    terms = query_terms(question)
+    longer = [t for t in terms if len(t) >= 2]
+    return longer or terms
+
+
+def highlight(text: str, terms: Iterable[str]) -> str:
+    """``text`` as HTML, with every occurrence of a term wrapped in <mark>.
+
+    Matching uses the same folding as retrieval (width, case, NFKC) and ignores whitespace, so
+    ``gpt-3`` marks "GPT-3" and "ＧＰＴ－３"; everything else is HTML-escaped.
+    """
+    needles = sorted({"".join(fold(t).split()) for t in terms if t and t.strip()}, key=len, reverse=True)
+    if not text or not needles:
+        return _escape(text)
+    folded: list[str] = []
+    owner: list[int] = []
+    for position, ch in enumerate(text):
+        if ch.isspace():
+            continue
+        for piece in fold(ch):
+            folded.append(piece)
+            owner.append(position)
+    haystack = "".join(folded)
+    spans = []
+    for needle in needles:
+        start = haystack.find(needle)
+        while start >= 0:
+            spans.append((owner[start], owner[start + len(needle) - 1] + 1))
+            start = haystack.find(needle, start + 1)
+    if not spans:
+        return _escape(text)
+    spans.sort()
+    merged = [list(spans[0])]
+    for start, end in spans[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    parts, cursor = [], 0
+    for start, end in merged:
+        parts.append(_escape(text[cursor:start]))
+        parts.append(f"<mark>{_escape(text[start:end])}</mark>")
+        cursor = end
+    parts.append(_escape(text[cursor:]))
+    return "".join(parts)
+
+
+def _location(citation: str, line_start: int, line_end: int, page: int | None) -> str:
+    lines = f"第 {line_start} 行" if line_start == line_end else f"第 {line_start}–{line_end} 行"
+    parts = [f"引用编号 <code>{html.escape(citation)}</code>", lines]
+    if page:
+        parts.append(f"第 {page} 页")
+    return " · ".join(parts)
+
+
+def _context_html(view: CitationView, terms: list[str], chars: int) -> str:
+    before, after = view.before(chars), view.after(chars)
+    lead = "…" if view.start - len(before) > 0 else ""
+    tail = "…" if view.end + len(after) < len(view.document.text) else ""
+    return (f"{lead}{_escape(before)}<span class=\"rag-cited\">{highlight(view.text, terms)}</span>"
+            f"{_escape(after)}{tail}")
+
+
+def _also_in_html(qa: ReportQA, citations: list[str]) -> str:
+    if not citations:
+        return ""
+    items = []
+    for citation in citations:
+        try:
+            label = qa.cite(citation).document.label
+            items.append(f"<code>{html.escape(citation)}</code>（{html.escape(label)}）")
+        except RagError:
+            items.append(f"<code>{html.escape(citation)}</code>")
+    return f"<div class=\"rag-also\">亦见：{'；'.join(items)}</div>"
+
+
+def source_html(qa: ReportQA, number: int, hit: Hit, terms: list[str]) -> str:
+    """One numbered source: label, location, highlighted passage, 上下文 and 亦见."""
+    chunk = hit.chunk
+    parts = [
+        "<div class=\"rag-source\">",
+        f"<div class=\"rag-source-head\"><span class=\"rag-marker\">[{number}]</span> "
+        f"{html.escape(hit.document.label)}</div>",
+        f"<div class=\"rag-loc\">{_location(hit.citation, chunk.line_start, chunk.line_end, chunk.page)}</div>",
+        f"<div class=\"rag-passage\">{highlight(chunk.text, terms)}</div>",
+    ]
+    try:
+        view = qa.cite(hit.citation)
+        parts.append("<details class=\"rag-context\"><summary>上下文</summary>"
+                     f"<div class=\"rag-context-body\">{_context_html(view, terms, CONTEXT_CHARS)}</div></details>")
+    except RagError as exc:  # the index changed under us; the passage itself is still shown
+        parts.append(f"<div class=\"rag-note\">{html.escape(str(exc))}</div>")
+    parts.append(_also_in_html(qa, hit.also_in))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _marked_answer(answer: str) -> str:
+    escaped = _escape(answer)
+    return re.sub(r"\[(\d+)\]", r'<span class="rag-marker">[\1]</span>', escaped)
+
+
+def answer_html(qa: ReportQA, result: AskResult) -> str:
+    """An ``AskResult`` as one chat message: the answer with markers, then the numbered sources."""
+    if result.error:
+        return f"<div class=\"rag-answer\"><div class=\"rag-error\">{_escape(result.error)}</div></div>"
+    parts = ["<div class=\"rag-answer\">", f"<div class=\"rag-answer-text\">{_marked_answer(result.answer)}</div>"]
+    if result.warning:
+        parts.append(f"<div class=\"rag-note\">{_escape(result.warning)}</div>")
+    if result.abstained:
+        parts.append("<div class=\"rag-note\">可以换个问法、增加检索段落数，或取消报告筛选后再试。</div>")
+    if result.sources:
+        terms = highlight_terms(result.query)
+        parts.append("<div class=\"rag-sources\"><div class=\"rag-sources-title\">来源</div>")
+        parts.extend(source_html(qa, n, hit, terms) for n, hit in enumerate(result.sources, start=1))
+        parts.append("</div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def notice_html(message: str, error: bool = True) -> str:
+    """A short message in the answer/lookup style."""
+    css = "rag-error" if error else "rag-empty"
+    return f"<div class=\"rag-answer\"><div class=\"{css}\">{_escape(message)}</div></div>"
+
+
+def view_html(view: CitationView, terms: list[str] | None = None, chars: int = LOOKUP_CONTEXT_CHARS,
+              open_context: bool = True) -> str:
+    """A looked-up passage: report, location, near-duplicates, the passage, and its context."""
+    terms = terms or []
+    info = view.document.info
+    parts = ["<div class=\"rag-source\">",
+             f"<div class=\"rag-source-head\">{html.escape(view.document.label)}</div>",
+             f"<div class=\"rag-loc\">{_location(view.citation, view.line_start, view.line_end, view.page)}</div>"]
+    if info.analysts:
+        parts.append(f"<div class=\"rag-loc\">分析师：{html.escape('、'.join(info.analysts))}</div>")
+    if view.document.duplicates:
+        parts.append(f"<div class=\"rag-also\">近似重复报告：{html.escape('、'.join(view.document.duplicates))}</div>")
+    parts.append(f"<div class=\"rag-passage\">{highlight(view.text, terms)}</div>")
+    parts.append(f"<details class=\"rag-context\"{' open' if open_context else ''}><summary>上下文</summary>"
+                 f"<div class=\"rag-context-body\">{_context_html(view, terms, chars)}</div></details>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def lookup_html(qa: ReportQA, text: str) -> str:
+    """Resolve a citation ID (``qa.cite``) or a phrase (``qa.find``) into HTML; errors become messages."""
+    query = (text or "").strip()
+    if not query:
+        return notice_html("请输入引用编号（如 004_e0d667138c034a95.txt:L66-L81）或要查找的短语。", error=False)
+    status = qa.index_status()
+    if status:
+        return notice_html(status)
+    try:
+        if CITATION.match(query):
+            view = qa.cite(query)
+            return f"<div class=\"rag-lookup\">{view_html(view)}</div>"
+        phrase = query.strip("\"'“”「」『』 ")
+        views = qa.find(query)
+    except RagError as exc:
+        return notice_html(f"查询失败：{exc}")
+    if not views:
+        return notice_html(f"未找到短语“{phrase}” / phrase not found.")
+    shown = views[:MAX_PHRASE_HITS]
+    more = f"，仅显示前 {MAX_PHRASE_HITS} 处" if len(views) > len(shown) else ""
+    parts = [f"<div class=\"rag-lookup\"><div class=\"rag-sources-title\">找到 {len(views)} 处{more}</div>"]
+    parts.extend(view_html(view, [phrase], chars=CONTEXT_CHARS, open_context=False) for view in shown)
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def report_choices(qa: ReportQA) -> list[tuple[str, str]]:
+    """Filter choices (label shown, file name as value); empty while there is no index."""
+    try:
+        reports = qa.reports()
+    except RagError:
+        return []
+    return [(f"{label}（{source}）", source) for source, label in reports.items()]
+
+
+def reports_table(qa: ReportQA) -> str:
+    """Markdown list of the indexed reports."""
+    choices = report_choices(qa)
+    if not choices:
+        return "（尚无已索引的报告）"
+    return "\n".join(f"- {html.escape(label)}" for label, _ in choices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+# ---------------------------------------------------------------------------------------------
+
+def _progress_adapter(progress: gr.Progress, desc: str) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        progress((done, total), desc=desc, unit="段")
+    return update
+
+
+def _sources_arg(reports: list[str] | str | None) -> list[str] | None:
+    if not reports:
+        return None
+    if isinstance(reports, str):
+        reports = [reports]
+    return [r for r in reports if r] or None
+
+
+def _top_k_arg(top_k) -> int:
+    try:
+        return max(1, min(int(top_k), MAX_TOP_K))
+    except (TypeError, ValueError):
+        return DEFAULT_TOP_K
+
+
+def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
+    """The Gradio app for ``qa`` (queue configured; launch it with ``launch`` or ``Blocks.launch``)."""
+    def status_markdown() -> str | None:
+        return qa.index_status()
+
+    def ask_result(question: str, reports, top_k) -> AskResult:
+        """The API's answer, or an error result while the index is unusable."""
+        status = status_markdown()
+        if status:
+            return AskResult(query=question or "", error=status, answer=status, abstained=True)
+        try:
+            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports))
+        except RagError as exc:
+            return AskResult(query=question or "", error=str(exc), answer=str(exc), abstained=True)
+
+    def render_answer(question: str, reports, top_k) -> str:
+        try:
+            return answer_html(qa, ask_result(question, reports, top_k))
+        except Exception as exc:  # never let one question break the session
+            log.exception("answering %r failed", question)
+            return notice_html(f"内部错误，请重试 / internal error: {exc}")
+
+    # -- event handlers -------------------------------------------------------------------------
+
+    def on_submit(message: str, history: list, state: dict):
+        # Show the question at once and lock the input until its answer is in (one question at a time).
+        question = (message or "").strip()
+        if not question or state.get("pending"):
+            if not question:
+                gr.Warning("请输入问题 / please type a question")
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        history = [*history, {"role": "user", "content": _escape(question)}]
+        return (gr.update(value="", interactive=False), gr.update(interactive=False), history,
+                {**state, "pending": question})
+
+    def on_answer(history: list, state: dict, reports, top_k):
+        unlock = (gr.update(interactive=True), gr.update(interactive=True))
+        question = state.get("pending")
+        if not question:
+            return gr.skip(), gr.skip(), *unlock
+        history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k)}]
+        return history, {"last_question": question, "pending": None}, *unlock
+
+    def on_example(event: gr.SelectData, history: list, state: dict, reports, top_k):
+        value = event.value if isinstance(event.value, dict) else {"text": str(event.value)}
+        question = (value.get("text") or "").strip()
+        if not question or state.get("pending"):
+            return gr.skip(), gr.skip()
+        history = [*history, {"role": "user", "content": _escape(question)},
+                   {"role": "assistant", "content": render_answer(question, reports, top_k)}]
+        return history, {"last_question": question, "pending": None}
+
+    def on_filters_changed(history: list, state: dict, reports, top_k):
+        # Re-answer the last question under the new filters (replacing its answer), if it is the last turn.
+        question = state.get("last_question")
+        if not question or state.get("pending") or not history or history[-1].get("role") != "assistant":
+            return gr.skip()
+        note = "<div class=\"rag-note\">（已按新的筛选条件重新回答）</div>"
+        return [*history[:-1], {"role": "assistant", "content": render_answer(question, reports, top_k) + note}]
+
+    def on_clear():
+        return [], {"last_question": None, "pending": None}
+
+    def on_lookup(text: str) -> str:
+        try:
+            return lookup_html(qa, text)
+        except Exception as exc:
+            log.exception("lookup %r failed", text)
+            return notice_html(f"内部错误 / internal error: {exc}")
+
+    def refresh(selected=None):
+        choices = report_choices(qa)
+        valid = {value for _, value in choices}
+        keep = [s for s in (selected or []) if s in valid]
+        status = status_markdown()
+        return (gr.update(choices=choices, value=keep),
+                gr.update(value=f"⚠ {status}" if status else "", visible=bool(status)),
+                gr.update(visible=bool(status) and not qa.building),
+                reports_table(qa))
+
+    def on_add_report(file_path: str | None, selected, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
+        if not file_path:
+            return ("请选择要上传的报告文件。", *refresh(selected))
+        path = Path(file_path)  # gradio keeps the uploaded file's own (sanitised) name
+        try:
+            stored = safe_file_name(path.name)
+            report = qa.add_report(path, name=path.name,
+                                   progress=_progress_adapter(progress, "正在为新报告建立索引"))
+        except RagError as exc:
+            return (f"**添加失败**：{html.escape(str(exc))}", *refresh(selected))
+        except Exception as exc:  # a broken file must not break the app or the index
+            log.exception("adding %s failed", path.name)
+            return (f"**添加失败**（内部错误）：{html.escape(str(exc))}", *refresh(selected))
+        lines = [f"已添加 **{html.escape(stored)}** 并更新索引："
+                 f"共 {report.documents} 份报告、{report.chunks} 个段落"
+                 f"（新嵌入 {report.embedded}，复用 {report.reused}，用时 {report.seconds:.1f} 秒）。"]
+        lines += [f"- ⚠ 跳过：{html.escape(f.reason)}" for f in report.failures]
+        for source, others in report.duplicates.items():
+            if source == stored or stored in others:
+                lines.append(f"- 近似重复：{html.escape(source)} ≈ {html.escape('、'.join(others))}")
+        return ("\n".join(lines), *refresh(selected))
+
+    def on_build(selected, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
+        try:
+            report = qa.build(progress=_progress_adapter(progress, "正在建立索引"))
+            message = f"索引完成：{report.documents} 份报告、{report.chunks} 个段落。"
+        except RagError as exc:
+            message = f"建立索引失败：{exc}"
+        except Exception as exc:
+            log.exception("building the index failed")
+            message = f"建立索引失败（内部错误）：{exc}"
+        gr.Info(message)
+        return refresh(selected)
+
+    def api_ask(question: str, top_k: int = DEFAULT_TOP_K, reports: list[str] | None = None) -> dict:
+        """Answer a question. Returns the ``rag ask --json`` object (``answer`` with [n] markers,
+        ``sources``, ``hits``, ``error``/``warning`` when set) plus ``text``, the plain-text rendering."""
+        result = ask_result(question, reports, top_k)
+        return {**result.to_json(), "text": result.render()}
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    initial_status = status_markdown()
+    with gr.Blocks(title=TITLE, analytics_enabled=False, fill_width=False) as app:
+        state = gr.State({"last_question": None, "pending": None})
+        gr.Markdown(f"## {TITLE}\n用中文提问，答案中的句子均摘自报告原文，并以 [1] [2] 标注出处。")
+        with gr.Row():
+            status_md = gr.Markdown(f"⚠ {initial_status}" if initial_status else "", visible=bool(initial_status),
+                                    elem_id="rag-status")
+            build_btn = gr.Button("建立索引", variant="primary", visible=bool(initial_status), scale=0,
+                                  min_width=120)
+        with gr.Tabs():
+            with gr.Tab("问答", id="chat"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=4, min_width=420):
+                        chatbot = gr.Chatbot(
+                            label="对话", show_label=False, elem_id="rag-chat", height="68vh", min_height=480,
+                            layout="panel",
+                            placeholder="**请输入问题**，或点击下方示例。答案只引用报告原文，每句后标注来源编号。",
+                            examples=[{"text": q} for q in EXAMPLES], latex_delimiters=[],
+                            buttons=["copy"], feedback_options=None, group_consecutive_messages=False)
+                        with gr.Row():
+                            question = gr.Textbox(show_label=False, elem_id="rag-question", scale=5, lines=1,
+                                                  max_lines=4, autofocus=True,
+                                                  placeholder="输入问题，例如：GPT-3 的参数量是多少？")
+                            send = gr.Button("提问", variant="primary", elem_id="rag-send", scale=1, min_width=90)
+                        with gr.Row():
+                            gr.Examples(examples=[[q] for q in EXAMPLES], inputs=[question], label="示例问题")
+                            clear = gr.Button("清空对话", variant="secondary", scale=0, min_width=110)
+                    with gr.Column(scale=1, min_width=300):
+                        report_filter = gr.Dropdown(
+                            choices=report_choices(qa), value=[], multiselect=True, label="限定报告",
+                            info="不选则检索全部报告", elem_id="rag-reports")
+                        top_k = gr.Slider(1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="检索段落数（top-k）",
+                                          elem_id="rag-topk")
+                        gr.Markdown("修改筛选条件后，下一个问题即按新条件检索；已有回答会按新条件重新回答最后一个问题。\n\n"
+                                    "点开来源下的 **上下文** 可查看引文前后的原文；引用编号可在“引用查询”页查看。",
+                                    elem_classes=["rag-note"])
+            with gr.Tab("引用查询", id="lookup"):
+                with gr.Row():
+                    lookup_input = gr.Textbox(label="引用编号或短语", elem_id="rag-lookup-input", scale=5,
+                                              placeholder="004_e0d667138c034a95.txt:L66-L81 或 “通义千问”")
+                    lookup_btn = gr.Button("查询", variant="primary", elem_id="rag-lookup-btn", scale=1, min_width=90)
+                lookup_hint = notice_html("输入答案来源中的引用编号，或用引号括起要查找的原文短语。", error=False)
+                lookup_out = gr.HTML(lookup_hint, elem_id="rag-lookup-out")
+            with gr.Tab("添加报告", id="upload"):
+                gr.Markdown(f"上传 **.txt / .md / .pdf** 报告（不超过 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB）。"
+                            "文件经检查后复制到语料目录，并增量更新索引；完成后即可检索，无需重启。")
+                upload = gr.File(label="报告文件", file_count="single", type="filepath", elem_id="rag-upload")
+                upload_status = gr.Markdown(elem_id="rag-upload-status")
+                with gr.Accordion("已索引的报告", open=True):
+                    report_list = gr.Markdown(reports_table(qa))
+
+        refresh_outputs = [report_filter, status_md, build_btn, report_list]
+        for trigger in (question.submit, send.click):
+            trigger(on_submit, [question, chatbot, state], [question, send, chatbot, state], queue=False,
+                    api_visibility="private").then(
+                on_answer, [chatbot, state, report_filter, top_k], [chatbot, state, question, send],
+                api_visibility="private")
+        chatbot.example_select(on_example, [chatbot, state, report_filter, top_k], [chatbot, state],
+                               api_visibility="private")
+        report_filter.input(on_filters_changed, [chatbot, state, report_filter, top_k], [chatbot],
+                            api_visibility="private")
+        top_k.release(on_filters_changed, [chatbot, state, report_filter, top_k], [chatbot],
+                      api_visibility="private")
+        report_filter.focus(refresh, [report_filter], refresh_outputs, api_visibility="private", queue=False)
+        clear.click(on_clear, None, [chatbot, state], queue=False, api_visibility="private")
+        chatbot.clear(on_clear, None, [chatbot, state], queue=False, api_visibility="private")
+        lookup_btn.click(on_lookup, [lookup_input], [lookup_out], api_name="lookup")
+        lookup_input.submit(on_lookup, [lookup_input], [lookup_out], api_visibility="private")
+        upload.upload(on_add_report, [upload, report_filter], [upload_status, *refresh_outputs],
+                      api_name="add_report", concurrency_limit=1, concurrency_id="index", show_progress_on=upload)
+        build_btn.click(on_build, [report_filter], refresh_outputs, concurrency_limit=1, concurrency_id="index",
+                        show_progress_on=status_md, api_visibility="private")
+        app.load(refresh, [report_filter], refresh_outputs, api_visibility="private", queue=False)
+        gr.api(api_ask, api_name="ask")
+    app.queue(default_concurrency_limit=concurrency, max_size=QUEUE_MAX_SIZE)
+    return app
+
+
+def launch(qa: ReportQA, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True,
+           concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
+    """Serve the UI on ``host:port`` (loopback by default, never shared, no analytics).
+
+    The model and index are loaded before the server starts, so the first question is fast.
+    With ``block=False`` the server runs in a background thread and the app is returned
+    (stop it with ``app.close()``).
+    """
+    status = qa.index_status()
+    if status:
+        print(f"注意 / note: {status}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"警告 / warning: listening on {host}, reachable from other machines; there is no login.")
+    app = build_app(qa, concurrency=concurrency)
+    app.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
+               show_error=False, quiet=not block, footer_links=["api"], run_history=False, enable_monitoring=False,
+               mcp_server=False, ssr_mode=False, pwa=False, max_file_size=2 * MAX_UPLOAD_BYTES,
+               theme=_theme(), css=CSS)
+    return app

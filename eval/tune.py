@@ -36,7 +36,8 @@ def main() -> None:
         qa.retriever.fusion = qa.settings.fusion
         result = evaluate_configuration(Configuration("default", "hybrid", qa), questions)
         m = result.metrics
-        print(f"{method:6} {dense:5} {sentence:8} {bm25:4} {cover:8} {rrf_k:5} | {m['hit@1']:.3f} {m['hit@5']:.3f} {m['mrr@10']:.3f}")
+        print(f"{method:6} {dense:5} {sentence:8} {bm25:4} {cover:8} {rrf_k:5} | "
+              f"{m['hit@1']:.3f} {m['hit@5']:.3f} {m['mrr@10']:.3f}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def is_heading(line: str, max_chars: int = 40) -> bool:
     return bool(_HEADING.match(stripped))
 
 
-def _lines(text: str) -> list[tuple[int, int]]:
+def line_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every line of ``text``, newline excluded."""
     spans, position = [], 0
     for line in text.split("\n"):
         spans.append((position, position + len(line)))
@@ -90,7 +91,8 @@ def _lines(text: str) -> list[tuple[int, int]]:
 
 def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Sentence spans within one line (sentence-final punctuation plus any closing quotes)."""
-    spans, begin, index = [], start, start
+    spans: list[tuple[int, int]] = []
+    begin = index = start
     while index < end:
         if text[index] in SENTENCE_END:
             stop = index + 1
@@ -107,8 +109,8 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of every sentence of ``text``: split at sentence-final punctuation and lines."""
-    spans = []
-    for start, end in _lines(text):
+    spans: list[tuple[int, int]] = []
+    for start, end in line_spans(text):
         spans.extend(_strip_span(text, a, b) for a, b in _sentences(text, start, end))
     return [(a, b) for a, b in spans if b > a]
 
@@ -147,7 +149,7 @@ class Chunker:
         """All chunks of one document, in reading order."""
         if self.settings.strategy == "fixed":
             return self._fixed(source, text)
-        lines = _lines(text)
+        lines = line_spans(text)
         chunks: list[Chunk] = []
         units: list[_Unit] = []
         heading = ""

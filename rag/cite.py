@@ -76,9 +76,9 @@ def lookup(index: Index, citation: str) -> CitationView:
         raise RagError(f"引用编号格式不正确：{citation!r}（应为 文件名:L起始行-L结束行，例如 "
                        f"004_e0d667138c034a95.txt:L12-L15） / malformed citation ID")
     source, first, last = match["source"], int(match["first"]), int(match["last"])
-    document = index.documents.get(source)
-    if document is None:
+    if source not in index.documents:
         raise RagError(f"未找到报告 {source} / unknown report in citation {citation!r}")
+    document = index.documents[source]
     if first > last or first < 1:
         raise RagError(f"行号范围无效 / invalid line range in {citation!r}")
     start, end = _line_span(document, index.chunks, first, last)

@@ -100,7 +100,8 @@ def index_command(ctx: click.Context, force: bool) -> None:
         click.echo(f"索引已是最新 / index is up to date: {report.documents} reports, {report.chunks} passages")
     else:
         click.echo(f"索引完成 / indexed {report.documents} reports, {report.chunks} passages "
-                   f"({report.embedded} embedded, {report.reused} reused) in {report.seconds:.1f}s → {report.index_dir}")
+                   f"({report.embedded} embedded, {report.reused} reused) in {report.seconds:.1f}s "
+                   f"→ {report.index_dir}")
     for source, others in report.duplicates.items():
         click.echo(f"近似重复 / near-duplicate: {source} ≈ {', '.join(others)}")
     for failure in report.failures:
@@ -250,6 +251,21 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json) -
     else:
         click.echo(report)
         click.echo(f"written: {out_dir / (stem + '.md')}, {chart}", err=True)
+
+
+@main.command("bench")
+@click.option("--cold", is_flag=True, help="Time the build with an empty embedding cache (embeds everything).")
+@click.pass_context
+@handle_errors
+def bench_command(ctx, cold: bool) -> None:
+    """Measure build time, passage sizes, query latency per mode, peak memory and cold start."""
+    from .api import default_corpus_dir, default_index_dir
+    from .bench import run_bench
+
+    options = ctx.obj
+    numbers = run_bench(options["corpus"] or default_corpus_dir(), options["index"] or default_index_dir(),
+                        cold=cold, log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(numbers, ensure_ascii=False, indent=2))
 
 
 @main.command("ui")

@@ -64,9 +64,11 @@ class SentenceTransformerEmbedder:
         except Exception as exc:  # the library raises many types for a bad model folder
             raise RagError(f"无法加载嵌入模型 / cannot load embedding model {path}: {exc}") from exc
         self.name = Path(str(path)).name if Path(str(path)).exists() else str(model)
-        self.dimension = int(self.model.get_embedding_dimension()
-                             if hasattr(self.model, "get_embedding_dimension")
-                             else self.model.get_sentence_embedding_dimension())
+        dimension = (self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
+                     else self.model.get_sentence_embedding_dimension())
+        if dimension is None:
+            raise RagError(f"无法确定模型的向量维度 / model {path} does not report its embedding dimension")
+        self.dimension = int(dimension)
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._query_prompt = self.model.prompts.get("query", "")

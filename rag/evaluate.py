@@ -163,7 +163,8 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     """Run every question through one configuration and compute its metrics."""
     result = ConfigResult(config.name)
     runs: dict[str, list[tuple[str, bool]]] = {}
-    latencies, passage_lengths = [], []
+    latencies: list[float] = []
+    passage_lengths: list[int] = []
     abstained: dict[str, bool] = {}
     best_signals: dict[str, list[Hit]] = {}
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing

@@ -121,7 +121,8 @@ def lexical_text(chunk: Chunk | StoredChunk) -> str:
 
 
 def _citations(chunks: list[Chunk], documents: dict[str, Document]) -> list[StoredChunk]:
-    stored, seen = [], {}
+    stored: list[StoredChunk] = []
+    seen: dict[str, int] = {}
     for number, chunk in enumerate(chunks):
         document = documents[chunk.source]
         line_start = document.line_of(chunk.start)
@@ -239,8 +240,8 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     log(f"{len(documents)} reports, {len(stored)} passages")
 
     cache = cache or EmbeddingCache()
-    vectors, embedded = embed_with_cache(embedder, cache, [embedding_text(c, infos[c.source], settings.embed_context) for c in chunks],
-                                         progress=progress)
+    passages = [embedding_text(c, infos[c.source], settings.embed_context) for c in chunks]
+    vectors, embedded = embed_with_cache(embedder, cache, passages, progress=progress)
 
     unit_texts: list[str] = []
     unit_owner: list[int] = []

@@ -146,12 +146,13 @@ class Retriever:
                                                                               np.ndarray | None, np.ndarray | None]:
         dense = self.dense_scores(query) if mode in ("hybrid", "dense") else None
         lexical = self.bm25_scores(query) if mode in ("hybrid", "bm25") else None
-        if mode == "dense":
-            scores = np.where(dense > -1.0, dense, -np.inf)
-        elif mode == "bm25":
-            scores = np.where(lexical > 0, lexical, -np.inf)
-        else:
+        if dense is not None and lexical is not None:
             scores = self._fuse(query, dense, lexical, allowed)
+        elif dense is not None:
+            scores = np.where(dense > -1.0, dense, -np.inf)
+        else:
+            assert lexical is not None
+            scores = np.where(lexical > 0, lexical, -np.inf)
         scores = np.where(allowed, scores, -np.inf)
         order = np.argsort(-scores, kind="stable")
         ranked = [int(i) for i in order[: max(self.fusion.candidates, 1) * 3] if np.isfinite(scores[i])]

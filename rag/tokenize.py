@@ -81,7 +81,8 @@ def tokens(text: str) -> list[str]:
 
 def corpus_terms(texts: Iterable[str]) -> set[str]:
     """Names worth adding to jieba's dictionary: Chinese company/product names seen in the corpus."""
-    pattern = re.compile(r"([\u4e00-\u9fff]{2,6}?(?:科技|信息|智能|股份|集团|网络|软件|证券|银行|大模型|实验室|研究院))")
+    pattern = re.compile(r"([\u4e00-\u9fff]{2,6}?"
+                         r"(?:科技|信息|智能|股份|集团|网络|软件|证券|银行|大模型|实验室|研究院))")
     found: set[str] = set()
     for text in texts:
         found.update(pattern.findall(text))

@@ -14,7 +14,7 @@ from conftest import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag.chunking import Chunk, Chunker
+from rag.chunking import Chunk, Chunker, line_spans
 from rag.documents import Document, load_corpus
 from rag.tokenize import word_spans
 
@@ -26,14 +26,6 @@ def seed_chunks() -> list[tuple[Document, list[Chunk]]]:
     assert len(documents) == 5
     chunker = Chunker()
     return [(document, chunker.chunk(document.source, document.text)) for document in documents]
-
-
-def _line_spans(text: str) -> list[tuple[int, int]]:
-    spans, position = [], 0
-    for line in text.split("\n"):
-        spans.append((position, position + len(line)))
-        position += len(line) + 1
-    return spans
 
 
 def test_every_seed_report_is_chunked(seed_chunks):
@@ -59,7 +51,7 @@ def test_chunks_are_in_reading_order(seed_chunks):
 def test_no_chunk_boundary_cuts_a_jieba_word(seed_chunks):
     checked = 0
     for document, chunks in seed_chunks:
-        lines = _line_spans(document.text)
+        lines = line_spans(document.text)
         line_starts = [start for start, _ in lines]
         boundaries: dict[int, set[int]] = {}
         for chunk in chunks:
@@ -81,7 +73,7 @@ def test_no_chunk_boundary_cuts_a_jieba_word(seed_chunks):
 def _table_runs(text: str) -> list[tuple[int, int, str]]:
     """(first line start, last line end, header row) of every run of tab-separated lines."""
     runs, current = [], []
-    for start, end in _line_spans(text) + [(len(text) + 1, len(text) + 1)]:
+    for start, end in line_spans(text) + [(len(text) + 1, len(text) + 1)]:
         if start <= len(text) and "\t" in text[start:end].strip():
             current.append((start, end))
             continue

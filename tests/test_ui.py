@@ -161,31 +161,30 @@ def test_also_in_is_listed(seed_qa):
 
 # --- uploads --------------------------------------------------------------------------------
 
-def test_upload_rejects_other_types(upload_client, upload_qa, tmp_path):
-    before = corpus_names(upload_qa)
-    exe = tmp_path / "report.exe"
-    exe.write_bytes(b"MZ\x90\x00 not a report")
-    message = upload_client.predict(handle_file(str(exe)), [], api_name="/add_report")[0]
-    assert "不支持的文件类型" in message
-    assert corpus_names(upload_qa) == before
+def _exe(path):
+    path.write_bytes(b"MZ\x90\x00 not a report")
 
 
-def test_upload_rejects_empty_file(upload_client, upload_qa, tmp_path):
-    before = corpus_names(upload_qa)
-    empty = tmp_path / "empty.txt"
-    empty.write_bytes(b"")
-    message = upload_client.predict(handle_file(str(empty)), [], api_name="/add_report")[0]
-    assert "文件为空" in message
-    assert corpus_names(upload_qa) == before
+def _empty(path):
+    path.write_bytes(b"")
 
 
-def test_upload_rejects_oversized_file(upload_client, upload_qa, tmp_path):
-    before = corpus_names(upload_qa)
-    big = tmp_path / "big.txt"
-    with big.open("wb") as handle:
+def _oversized(path):
+    with path.open("wb") as handle:
         handle.truncate(MAX_UPLOAD_BYTES + 1)
-    message = upload_client.predict(handle_file(str(big)), [], api_name="/add_report")[0]
-    assert "文件超过" in message
+
+
+@pytest.mark.parametrize(("name", "make", "message_part"), [
+    ("report.exe", _exe, "不支持的文件类型"),
+    ("empty.txt", _empty, "文件为空"),
+    ("big.txt", _oversized, "文件超过"),
+])
+def test_upload_rejects_unusable_files(upload_client, upload_qa, tmp_path, name, make, message_part):
+    before = corpus_names(upload_qa)
+    bad = tmp_path / name
+    make(bad)
+    message = upload_client.predict(handle_file(str(bad)), [], api_name="/add_report")[0]
+    assert message_part in message
     assert corpus_names(upload_qa) == before
 
 

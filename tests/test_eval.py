@@ -1,0 +1,98 @@
+"""The question set is sound, the metric glue is right, and `rag eval` runs end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rag.cli import main
+from rag.evaluate import Question, _ranx_scores, is_relevant, load_questions
+
+from .conftest import CORPUS, ROOT
+
+QUESTIONS = ROOT / "eval" / "questions.jsonl"
+TYPES = {"fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable"}
+
+
+def _squeeze(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return [json.loads(line) for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_question_set_shape(rows):
+    assert len(rows) >= 160
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert {r["split"] for r in rows} == {"dev", "test"}
+    assert {r["type"] for r in rows} <= TYPES
+    unanswerable = [r for r in rows if r["type"] == "unanswerable"]
+    assert 0.05 <= len(unanswerable) / len(rows) <= 0.15
+    assert all(not r["evidence"] and not r["docs"] for r in unanswerable)
+    for report in sorted(p.name for p in CORPUS.glob("*.txt")):
+        assert sum(report in r["docs"] for r in rows) >= 25, report
+
+
+def test_every_evidence_string_is_verbatim_in_its_reports(rows):
+    raw = {p.name: _squeeze(p.read_text(encoding="utf-8")) for p in CORPUS.glob("*.txt")}
+    for row in rows:
+        if row["type"] == "unanswerable":
+            continue
+        assert 1 <= len(row["evidence"]) <= 3, row["id"]
+        assert all(8 <= len(_squeeze(e)) <= 60 for e in row["evidence"]), row["id"]
+        for doc in row["docs"]:
+            assert any(_squeeze(e) in raw[doc] for e in row["evidence"]), (row["id"], doc)
+        for evidence in row["evidence"]:
+            assert any(_squeeze(evidence) in raw[doc] for doc in row["docs"]), (row["id"], evidence)
+
+
+def test_relevance_ignores_whitespace_and_checks_the_report():
+    question = Question(id="x", question="q", evidence=["参数量1750亿"], docs=["a.txt"], type="fact")
+    assert is_relevant("GPT-3 的参数量\n 1750亿。", "a.txt", question)
+    assert not is_relevant("GPT-3 的参数量 1750亿。", "b.txt", question)
+    assert not is_relevant("参数量 175 亿", "a.txt", question)
+
+
+def test_ranx_glue_on_tiny_rankings():
+    scores = _ranx_scores({
+        "first": [("a", True), ("b", False)],
+        "third": [("a", False), ("b", False), ("c", True)],
+        "none": [("a", False)],
+    })
+    assert scores["first"]["hit@1"] == 1.0 and scores["first"]["mrr@10"] == 1.0
+    assert scores["third"]["hit@1"] == 0.0 and scores["third"]["hit@3"] == 1.0
+    assert scores["third"]["mrr@10"] == pytest.approx(1 / 3)
+    assert scores["none"]["hit@10"] == 0.0 and scores["none"]["mrr@10"] == 0.0
+
+
+def test_load_questions_rejects_a_bad_file(tmp_path):
+    from rag.errors import RagError
+
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"id": 1}\n', encoding="utf-8")
+    with pytest.raises(RagError, match="第 1 行"):
+        load_questions(bad)
+
+
+def test_rag_eval_runs_end_to_end_on_a_subset(seed_qa, tmp_path):
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, [
+        "--corpus", str(seed_qa.corpus_dir), "--index", str(seed_qa.index_dir),
+        "eval", "--split", "dev", "--limit", "12", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(result.stdout[result.stdout.index("{"):])
+    assert set(numbers) == {"bm25", "dense", "recipe", "default"}
+    for config in numbers.values():
+        for name in ("hit@1", "hit@5", "mrr@10", "ndcg@10", "false_abstain"):
+            assert 0.0 <= config["metrics"][name] <= 1.0
+        assert config["latency_ms"]["p50"] >= 0
+    written = sorted(p.suffix for p in Path(out).iterdir())
+    assert written == [".md", ".png"]
+    report = next(Path(out).glob("*.md")).read_text(encoding="utf-8")
+    assert "| default |" in report and "| recipe |" in report

@@ -33,7 +33,8 @@ from .textnorm import squeeze
 TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
 RANX_METRICS = ["hit_rate@1", "hit_rate@3", "hit_rate@5", "hit_rate@10", "mrr@10", "ndcg@10"]
 MAIN_METRICS = ["hit@1", "hit@5", "mrr@10", "ndcg@10", "abstain", "false_abstain"]
-RECIPE_CHUNKER = ChunkerSettings(strategy="fixed", embed_context=False, target_chars=500, overlap_chars=50)
+RECIPE_CHUNKER = ChunkerSettings(strategy="fixed", embed_context=False, sentence_vectors=False,
+                                 target_chars=500, overlap_chars=50)
 MISSING = "__no_relevant_passage_retrieved__"
 
 
@@ -238,7 +239,7 @@ def standard_configurations(corpus_dir: Path, index_dir: Path, model: str | None
     main = ReportQA(corpus_dir, index_dir, model=model, settings=settings)
     main.build(log=log)
     recipe_settings = replace(settings, chunker=RECIPE_CHUNKER)
-    recipe = ReportQA(corpus_dir, index_dir.parent / f"{index_dir.name}-recipe", model=model,
+    recipe = ReportQA(corpus_dir, index_dir / "baselines" / "recipe", model=model,
                       settings=recipe_settings)
     recipe.build(log=log)
     return [Configuration("bm25", "bm25", main), Configuration("dense", "dense", main),

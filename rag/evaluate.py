@@ -140,10 +140,12 @@ def _ranx_scores(runs: dict[str, list[tuple[str, bool]]]) -> dict[str, dict[str,
         run_dict[qid] = {cid: float(len(ranked) - i) for i, (cid, _) in enumerate(ranked)} or {"__empty__": 0.0}
     if not qrels_dict:
         return {}
-    scores = evaluate(Qrels(qrels_dict), Run(run_dict), RANX_METRICS, return_mean=False, make_comparable=True)
+    qrels = Qrels(qrels_dict)
+    scores = evaluate(qrels, Run(run_dict), RANX_METRICS, return_mean=False, make_comparable=True)
+    order = qrels.get_query_ids()  # ranx reports per-query values in its own (sorted) order
     per_question: dict[str, dict[str, float]] = {qid: {} for qid in qrels_dict}
     for metric, values in scores.items():
-        for qid, value in zip(qrels_dict, values, strict=True):
+        for qid, value in zip(order, values, strict=True):
             per_question[qid][metric.replace("hit_rate", "hit")] = float(value)
     return per_question
 

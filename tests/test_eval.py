@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import CORPUS, ROOT
 
 from rag.cli import main
 from rag.evaluate import Question, _ranx_scores, is_relevant, load_questions
-
-from .conftest import CORPUS, ROOT
 
 QUESTIONS = ROOT / "eval" / "questions.jsonl"
 TYPES = {"fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable"}

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import SEED_FILES, copy_corpus
 from gradio_client import Client, handle_file
 
 from rag import webui
 from rag.api import MAX_UPLOAD_BYTES, ReportQA, safe_file_name
-from tests.conftest import SEED_FILES, copy_corpus
 
 M6_REPORT = "004_e0d667138c034a95.txt"
 

@@ -24,6 +24,7 @@ from .documents import SUPPORTED_SUFFIXES, load_document
 from .embed import Embedder, EmbeddingCache, load_embedder
 from .errors import RagError
 from .index import BuildReport, Index, build_index, read_manifest
+from .rerank import load_reranker
 from .retrieve import MAX_QUERY_CHARS, MODES, FusionSettings, Hit, Retriever
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -111,12 +112,13 @@ class ReportQA:
 
     def __init__(self, corpus_dir: Path | str | None = None, index_dir: Path | str | None = None,
                  model: str | None = None, settings: Settings | None = None,
-                 cache: EmbeddingCache | None = None):
+                 cache: EmbeddingCache | None = None, reranker: str | None = None):
         self.corpus_dir = Path(corpus_dir) if corpus_dir else default_corpus_dir()
         self.index_dir = Path(index_dir) if index_dir else default_index_dir()
         self.model = model
         self.settings = settings or Settings()
         self.cache = cache
+        self.reranker = reranker
         self._embedder: Embedder | None = None
         self._retriever: Retriever | None = None
         self._loaded_at: float | None = None
@@ -172,7 +174,7 @@ class ReportQA:
                 index = Index(self.index_dir)
                 embedder = self.embedder
                 index.check_embedder(embedder)
-                self._retriever = Retriever(index, embedder, self.settings.fusion)
+                self._retriever = Retriever(index, embedder, self.settings.fusion, load_reranker(self.reranker))
                 self._loaded_at = index.manifest.get("built_at")
             return self._retriever
 

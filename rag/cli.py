@@ -27,7 +27,8 @@ def _qa(ctx: click.Context):
     from .api import ReportQA
 
     options = ctx.obj
-    return ReportQA(corpus_dir=options["corpus"], index_dir=options["index"], model=options["model"])
+    return ReportQA(corpus_dir=options["corpus"], index_dir=options["index"], model=options["model"],
+                    reranker=options["reranker"])
 
 
 def _fail(message: str) -> None:
@@ -58,10 +59,13 @@ def handle_errors(function: Callable) -> Callable:
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
               help="Index folder (default: $RAG_INDEX or ./index).")
 @click.option("--model", default=None, help="sentence-transformers model id or path (default: bundled EmbeddingGemma).")
+@click.option("--reranker", default=None,
+              help="Folder of a sentence-transformers CrossEncoder to re-order the top passages ($RAG_RERANKER).")
 @click.pass_context
-def main(ctx: click.Context, corpus: Path | None, index_dir: Path | None, model: str | None) -> None:
+def main(ctx: click.Context, corpus: Path | None, index_dir: Path | None, model: str | None,
+         reranker: str | None) -> None:
     """报告问答: search Chinese analyst reports and get cited answers."""
-    ctx.obj = {"corpus": corpus, "index": index_dir, "model": model}
+    ctx.obj = {"corpus": corpus, "index": index_dir, "model": model, "reranker": reranker}
 
 
 @main.command("fetch-model")

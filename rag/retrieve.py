@@ -14,7 +14,8 @@ import numpy as np
 
 from .dedup import containment, grams, passage_key
 from .embed import Embedder
-from .index import Index, StoredChunk, StoredDocument
+from .index import Index, StoredChunk, StoredDocument, lexical_text
+from .rerank import Reranker
 from .textnorm import fold
 from .tokenize import tokens
 
@@ -41,6 +42,7 @@ class FusionSettings:
     coverage_weight: float = 0.1
     rrf_k: int = 60
     candidates: int = 50
+    rerank_depth: int = 20
 
 
 @dataclass
@@ -95,10 +97,12 @@ def folded_coverage(terms: list[str], folded: str) -> float:
 class Retriever:
     """Searches one loaded ``Index`` with one embedder."""
 
-    def __init__(self, index: Index, embedder: Embedder | None, fusion: FusionSettings | None = None):
+    def __init__(self, index: Index, embedder: Embedder | None, fusion: FusionSettings | None = None,
+                 reranker: Reranker | None = None):
         self.index = index
         self.embedder = embedder
         self.fusion = fusion or FusionSettings()
+        self.reranker = reranker
         self._grams = [grams(passage_key(c.text)) for c in index.chunks]
         self._folded = [fold(c.table_header + c.text).replace(" ", "") for c in index.chunks]
         self._embed_query = lru_cache(maxsize=256)(self._embed_query_uncached)
@@ -196,6 +200,8 @@ class Retriever:
         query = query[:MAX_QUERY_CHARS]
         allowed = np.array([sources is None or c.source in sources for c in self.index.chunks], dtype=bool)
         ranked, fused, dense, lexical = self._ranking(query, mode, allowed)
+        if self.reranker is not None and ranked:
+            ranked, fused = self._rerank(query, ranked, fused)
         terms = query_terms(query)
         hits: list[Hit] = []
         for chunk_id in ranked:
@@ -212,6 +218,20 @@ class Retriever:
                             bm25_score=None if lexical is None else float(lexical[chunk_id]),
                             coverage=folded_coverage(terms, self._folded[chunk_id])))
         return hits
+
+    def _rerank(self, query: str, ranked: list[int], fused: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """Re-order the head of the ranking by the cross-encoder; its scores replace the fused ones."""
+        assert self.reranker is not None
+        head = ranked[: self.fusion.rerank_depth]
+        scores = self.reranker.score(query, [lexical_text(self.index.chunks[i]) for i in head])
+        rescored = fused.copy()
+        for chunk_id, score in zip(head, scores, strict=True):
+            rescored[chunk_id] = score
+        head = sorted(head, key=lambda i: -rescored[i])
+        floor = min(scores) if scores else 0.0
+        for chunk_id in ranked[len(head):]:
+            rescored[chunk_id] = floor - 1.0  # keep the tail below every re-scored passage
+        return head + ranked[len(head):], rescored
 
     def _copy_of(self, chunk_id: int, hits: list[Hit]) -> Hit | None:
         chunk = self.index.chunks[chunk_id]

@@ -7,6 +7,7 @@ one (the same report extracted twice) is folded into it and listed under ``also_
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -105,11 +106,18 @@ class Retriever:
         self.reranker = reranker
         self._grams = [grams(passage_key(c.text)) for c in index.chunks]
         self._folded = [fold(c.table_header + c.text).replace(" ", "") for c in index.chunks]
-        self._embed_query = lru_cache(maxsize=256)(self._embed_query_uncached)
+        self._cached_query_vector = lru_cache(maxsize=256)(self._embed_query_uncached)
+        self._query_lock = threading.Lock()
 
     def clear_cache(self) -> None:
         """Forget cached query vectors (benchmarks time cold queries)."""
-        self._embed_query.cache_clear()
+        self._cached_query_vector.cache_clear()
+
+    def _embed_query(self, query: str) -> np.ndarray:
+        # The embedder encodes one batch at a time anyway; holding a lock across the cache lookup
+        # makes simultaneous identical questions share one encoding instead of queueing several.
+        with self._query_lock:
+            return self._cached_query_vector(query)
 
     def _embed_query_uncached(self, query: str) -> np.ndarray:
         assert self.embedder is not None

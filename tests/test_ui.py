@@ -35,11 +35,15 @@ def serve(qa: ReportQA):
     return app, f"http://127.0.0.1:{port}/"
 
 
-@pytest.fixture(scope="module")
-def seed_app(seed_qa):
-    app, url = serve(seed_qa)
+def _served(qa: ReportQA):
+    app, url = serve(qa)
     yield url
     app.close()
+
+
+@pytest.fixture(scope="module")
+def seed_app(seed_qa):
+    yield from _served(seed_qa)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +62,7 @@ def upload_qa(tmp_path_factory) -> ReportQA:
 
 @pytest.fixture(scope="module")
 def upload_app(upload_qa):
-    app, url = serve(upload_qa)
-    yield url
-    app.close()
+    yield from _served(upload_qa)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ _HEADING = re.compile(
     r"^(#{1,6}\s+\S|[一二三四五六七八九十]+\s*[、.．]\s*\S|[（(][一二三四五六七八九十\d]+[）)]\s*\S|"
     r"\d+(\.\d+){0,3}\s*[、.．]\s*[\u4e00-\u9fffA-Za-z]|\d+(\.\d+){1,3}\s+[\u4e00-\u9fffA-Za-z]|第[一二三四五六七八九十\d]+[章节部分篇])"
 )
+# Bump when the cutting rules change, so existing indexes are rebuilt rather than reported up to date.
+CHUNKER_VERSION = 2
 _CLOSERS = "”’」』）)】》\"'"
 _SOFT_BREAKS = "，、,：:"
 
@@ -176,7 +178,30 @@ class Chunker:
                         units.append(_Unit(*piece, heading=heading))
             index += 1
         chunks.extend(self._pack(source, text, units))
-        return chunks
+        return self._absorb_fragments(text, chunks)
+
+    def _absorb_fragments(self, text: str, chunks: list[Chunk]) -> list[Chunk]:
+        """Fold a fragment left between two tables ("A", "THANKS") into the passage that follows it.
+
+        The span of the receiving passage grows to start at the fragment, so offsets stay exact
+        and no text is lost; a fragment at the very end joins the text passage before it.
+        """
+        kept: list[Chunk] = []
+        for position, chunk in enumerate(chunks):
+            following = chunks[position + 1] if position + 1 < len(chunks) else None
+            if len(chunk.text) >= self.settings.min_chars or (following is None and not kept):
+                kept.append(chunk)
+            elif following is not None and following.start <= chunk.start and following.end >= chunk.end:
+                continue  # a table's title line, already quoted by the table's first passage
+            elif following is not None and following.start >= chunk.end:
+                following.start = chunk.start
+                following.text = text[following.start:following.end]
+            elif kept and kept[-1].end <= chunk.start and kept[-1].kind == "text":
+                kept[-1].end = chunk.end
+                kept[-1].text = text[kept[-1].start:kept[-1].end]
+            else:
+                kept.append(chunk)
+        return kept
 
     def _fixed(self, source: str, text: str) -> list[Chunk]:
         step = max(1, self.settings.target_chars - self.settings.overlap_chars)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunking import Chunk, Chunker, ChunkerSettings, missing_context, sentence_spans
+from .chunking import CHUNKER_VERSION, Chunk, Chunker, ChunkerSettings, missing_context, sentence_spans
 from .dedup import find_duplicate_documents
 from .documents import Document, LoadFailure, load_corpus
 from .embed import Embedder, EmbeddingCache, document_input, embed_with_cache
@@ -221,7 +221,7 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     corpus_hashes = {d.source: d.sha256 for d in documents}
     manifest = read_manifest(index_dir)
     wanted = {"format": FORMAT_VERSION, "model": embedder.name, "dimension": embedder.dimension,
-              "chunker": settings.as_dict(), "corpus": corpus_hashes}
+              "chunker": settings.as_dict(), "chunker_version": CHUNKER_VERSION, "corpus": corpus_hashes}
     if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
         metadata_file = corpus_dir / "metadata.json"
         if metadata_file.exists() and metadata_file.stat().st_mtime <= manifest.get("built_at", 0) \

@@ -104,7 +104,7 @@ def index_command(ctx: click.Context, force: bool) -> None:
         click.echo(f"索引已是最新 / index is up to date: {report.documents} reports, {report.chunks} passages")
     else:
         click.echo(f"索引完成 / indexed {report.documents} reports, {report.chunks} passages "
-                   f"({report.embedded} embedded, {report.reused} reused) in {report.seconds:.1f}s "
+                   f"({report.embedded} texts embedded, {report.reused} reused from cache) in {report.seconds:.1f}s "
                    f"→ {report.index_dir}")
     for source, others in report.duplicates.items():
         click.echo(f"近似重复 / near-duplicate: {source} ≈ {', '.join(others)}")

@@ -77,7 +77,11 @@ class StoredDocument:
 
 @dataclass
 class BuildReport:
-    """What a build did: counts and timings, plus files that could not be read."""
+    """What a build did: counts and timings, plus files that could not be read.
+
+    ``embedded`` and ``reused`` count embedded strings (passages and their sentences/table rows):
+    newly computed, and taken from the content-hash cache.
+    """
 
     index_dir: str
     documents: int

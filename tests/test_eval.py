@@ -32,7 +32,10 @@ def test_question_set_shape(rows):
     assert {r["split"] for r in rows} == {"dev", "test"}
     assert {r["type"] for r in rows} <= TYPES
     unanswerable = [r for r in rows if r["type"] == "unanswerable"]
-    assert 0.05 <= len(unanswerable) / len(rows) <= 0.15
+    # ~10% in the test split; dev carries extra near-miss ones to calibrate abstention on.
+    assert 0.05 <= len(unanswerable) / len(rows) <= 0.20
+    test_rows = [r for r in rows if r["split"] == "test"]
+    assert 0.05 <= sum(r["type"] == "unanswerable" for r in test_rows) / len(test_rows) <= 0.15
     assert all(not r["evidence"] and not r["docs"] for r in unanswerable)
     for report in sorted(p.name for p in CORPUS.glob("*.txt")):
         assert sum(report in r["docs"] for r in rows) >= 25, report

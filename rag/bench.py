@@ -13,21 +13,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from .api import ReportQA
 from .embed import EmbeddingCache
+from .evaluate import percentile
 from .retrieve import MODES
 
 SAMPLE_QUESTIONS = ["GPT-3 的参数量是多少？", "哪些公司是通义大模型的合作伙伴？", "M6-OFA 是什么时候发布的？",
                     "受访公司的AI团队规模", "英伟达数据中心业务收入", "AI框架市场份额", "魔搭社区上架了多少模型",
                     "大模型API如何收费", "科大讯飞星火", "昇腾910的FP16算力"]
-
-
-def _percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
 def measure_build(corpus_dir: Path, cold: bool, log: Callable[[str], None]) -> dict:
@@ -43,8 +39,8 @@ def measure_build(corpus_dir: Path, cold: bool, log: Callable[[str], None]) -> d
         cache.close()
     return {"build_seconds": round(seconds, 1), "embedded": report.embedded, "reports": report.documents,
             "passages": len(sizes), "cold_cache": cold,
-            "passage_chars": {"min": min(sizes), "p25": _percentile(sizes, 0.25),
-                              "median": statistics.median(sizes), "p75": _percentile(sizes, 0.75),
+            "passage_chars": {"min": min(sizes), "p25": percentile(sizes, 0.25),
+                              "median": statistics.median(sizes), "p75": percentile(sizes, 0.75),
                               "max": max(sizes), "mean": round(statistics.fmean(sizes), 1)}}
 
 
@@ -60,7 +56,7 @@ def measure_latency(qa: ReportQA, questions: list[str], repeats: int = 1) -> dic
                 began = time.perf_counter()
                 qa.search(question, mode=mode)
                 timings.append((time.perf_counter() - began) * 1000)
-        result[mode] = {"p50_ms": round(_percentile(timings, 0.5), 1), "p95_ms": round(_percentile(timings, 0.95), 1),
+        result[mode] = {"p50_ms": round(percentile(timings, 0.5), 1), "p95_ms": round(percentile(timings, 0.95), 1),
                         "n": len(timings)}
     return result
 

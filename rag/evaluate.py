@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -154,7 +154,8 @@ def _mean(values: list[float]) -> float:
     return float(statistics.fmean(values)) if values else 0.0
 
 
-def _percentile(values: list[float], fraction: float) -> float:
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in 0..1); 0 for no values."""
     if not values:
         return 0.0
     ordered = sorted(values)
@@ -211,7 +212,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     reports = sorted({d for q in answerable for d in q.docs})
     for report in reports:
         result.by_report[report] = summarise([q for q in answerable if report in q.docs])
-    result.latency_ms = {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)}
+    result.latency_ms = {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)}
     result.passage_chars = _mean([float(n) for n in passage_lengths])
     result.misses = [q.id for q in answerable if per_question.get(q.id, {}).get("hit@5", 0.0) == 0.0]
     result.abstention_curve = _abstention_curve(config.qa.settings, best_signals, answerable, unanswerable)

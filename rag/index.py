@@ -32,7 +32,7 @@ from .dedup import find_duplicate_documents
 from .documents import Document, LoadFailure, load_corpus
 from .embed import Embedder, EmbeddingCache, document_input, embed_with_cache
 from .errors import RagError
-from .metadata import ReportInfo, detect_info, load_metadata, merge_info, save_metadata
+from .metadata import ReportInfo, detect_info, load_metadata, merge_info, metadata_path, save_metadata
 from .tokenize import add_words, corpus_terms, tokens
 
 FORMAT_VERSION = 1
@@ -227,7 +227,7 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     wanted = {"format": FORMAT_VERSION, "model": embedder.name, "dimension": embedder.dimension,
               "chunker": settings.as_dict(), "chunker_version": CHUNKER_VERSION, "corpus": corpus_hashes}
     if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
-        metadata_file = corpus_dir / "metadata.json"
+        metadata_file = metadata_path(corpus_dir)
         if metadata_file.exists() and metadata_file.stat().st_mtime <= manifest.get("built_at", 0) \
                 and _opens(index_dir):
             return BuildReport(str(index_dir), len(documents), manifest.get("chunks", 0), 0,

@@ -154,12 +154,12 @@ class Retriever:
             return np.zeros(len(self.index.chunks), dtype=np.float32)
         return np.asarray(self.index.lexical.get_scores(terms), dtype=np.float32)
 
-    def _ranking(self, query: str, mode: str, allowed: np.ndarray) -> tuple[list[int], np.ndarray,
-                                                                              np.ndarray | None, np.ndarray | None]:
+    def _ranking(self, query: str, terms: list[str], mode: str,
+                 allowed: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray | None, np.ndarray | None]:
         dense = self.dense_scores(query) if mode in ("hybrid", "dense") else None
         lexical = self.bm25_scores(query) if mode in ("hybrid", "bm25") else None
         if dense is not None and lexical is not None:
-            scores = self._fuse(query, dense, lexical, allowed)
+            scores = self._fuse(query, terms, dense, lexical, allowed)
         elif dense is not None:
             scores = np.where(dense > -1.0, dense, -np.inf)
         else:
@@ -170,7 +170,8 @@ class Retriever:
         ranked = [int(i) for i in order[: max(self.fusion.candidates, 1) * 3] if np.isfinite(scores[i])]
         return ranked, scores, dense, lexical
 
-    def _fuse(self, query: str, dense: np.ndarray, lexical: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    def _fuse(self, query: str, terms: list[str], dense: np.ndarray, lexical: np.ndarray,
+              allowed: np.ndarray) -> np.ndarray:
         """Hybrid score of every chunk (-inf outside the candidate set)."""
         fusion = self.fusion
         sentences = self.sentence_scores(query) if fusion.sentence_weight else None
@@ -192,7 +193,6 @@ class Retriever:
                     fused[chunk_id] = max(fused[chunk_id], 0.0) + weight / (fusion.rrf_k + ranks[chunk_id] + 1)
             return fused
         top_bm25 = float(max((lexical[i] for i in candidates), default=0.0))
-        terms = query_terms(query)
         for chunk_id in candidates:
             fused[chunk_id] = (fusion.dense_weight * dense[chunk_id]
                                + fusion.sentence_weight * sentences[chunk_id]
@@ -207,10 +207,10 @@ class Retriever:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         query = query[:MAX_QUERY_CHARS]
         allowed = np.array([sources is None or c.source in sources for c in self.index.chunks], dtype=bool)
-        ranked, fused, dense, lexical = self._ranking(query, mode, allowed)
+        terms = query_terms(query)
+        ranked, fused, dense, lexical = self._ranking(query, terms, mode, allowed)
         if self.reranker is not None and ranked:
             ranked, fused = self._rerank(query, ranked, fused)
-        terms = query_terms(query)
         hits: list[Hit] = []
         for chunk_id in ranked:
             chunk = self.index.chunks[chunk_id]

@@ -1,7 +1,8 @@
-"""Tune on the dev split only (never the test split): fusion weights, or chunk size and overlap.
+"""Tune on the dev split only (never the test split): fusion weights, chunk size and overlap, abstention.
 
-    python eval/tune.py fusion     # uses the built default index (run `rag index` first)
-    python eval/tune.py chunks     # builds one index per setting under index/sweep/
+    python eval/tune.py fusion       # uses the built default index (run `rag index` first)
+    python eval/tune.py chunks       # builds one index per setting under index/sweep/
+    python eval/tune.py abstention   # fits the answerability model; prints defaults for rag/answerability.py
 
 Query vectors are cached inside the retriever and passage embeddings by content, so each extra
 setting costs little beyond what actually changes.
@@ -13,8 +14,12 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+from rag.answerability import FEATURES, AnswerabilityModel, features
 from rag.api import ReportQA, Settings
 from rag.evaluate import Configuration, evaluate_configuration, load_questions
+from rag.retrieve import query_terms
 
 FUSION_GRID = [("rrf", 1, 0, 1, 0), ("rrf", 1, 0.5, 1, 0), ("rrf", 1, 1, 1, 0),
                ("score", 1, 0, 0.2, 0), ("score", 1, 0, 0.3, 0.1), ("score", 1, 0.5, 0.2, 0.1),
@@ -51,14 +56,56 @@ def tune_chunks(questions) -> None:
         _report(f"{target:6} {overlap:7}", qa, questions)
 
 
+# Leave a margin under the 5% false-abstention goal: the bar is set on dev, unseen questions drift.
+FALSE_ABSTAIN_BUDGET = 0.04
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 5000,
+                 rate: float = 0.1) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression by gradient descent on standardised inputs."""
+    weights, bias = np.zeros(x.shape[1]), 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ weights + bias)))
+        weights -= rate * (x.T @ (p - y) + l2 * weights) / len(y)
+        bias -= rate * float(np.mean(p - y))
+    return weights, bias
+
+
+def tune_abstention(questions) -> None:
+    """Fit the answerability model on dev; print its defaults and the trade-off curve."""
+    qa = ReportQA()
+    rows, labels = [], []
+    for question in questions:
+        hits = qa.search(question.question, top_k=10).hits
+        found = features(question.question, query_terms(question.question), hits, qa.retriever.idf)
+        rows.append([found[name] for name in FEATURES])
+        labels.append(0.0 if question.answerable else 1.0)
+    x, y = np.array(rows), np.array(labels)
+    means, scales = x.mean(axis=0), x.std(axis=0) + 1e-9
+    weights, bias = fit_logistic((x - means) / scales, y)
+    model = AnswerabilityModel(weights=dict(zip(FEATURES, np.round(weights, 3).tolist(), strict=True)),
+                               means=dict(zip(FEATURES, np.round(means, 4).tolist(), strict=True)),
+                               scales=dict(zip(FEATURES, np.round(scales, 4).tolist(), strict=True)),
+                               bias=round(bias, 3))
+    probability = np.array([model.probability(dict(zip(FEATURES, row, strict=True))) for row in x])
+    print("bar | abstain false-abstain")
+    for bar in np.arange(0.10, 0.91, 0.05):
+        print(f"{bar:.2f} | {np.mean(probability[y == 1] >= bar):.3f} {np.mean(probability[y == 0] >= bar):.3f}")
+    answerable = np.sort(probability[y == 0])[::-1]
+    allowed = int(np.floor(FALSE_ABSTAIN_BUDGET * len(answerable)))
+    model.threshold = round(float(answerable[allowed]) + 1e-3, 3)
+    print(f"\nthreshold (false abstentions <= {FALSE_ABSTAIN_BUDGET:.0%} on dev): {model.threshold}")
+    print(model)
+
+
 def main() -> None:
     """Parse arguments and run one sweep."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["fusion", "chunks"])
+    parser.add_argument("what", choices=["fusion", "chunks", "abstention"])
     parser.add_argument("--questions", type=Path, default=Path("eval/questions.jsonl"))
     args = parser.parse_args()
     questions = load_questions(args.questions, "dev")
-    (tune_fusion if args.what == "fusion" else tune_chunks)(questions)
+    {"fusion": tune_fusion, "chunks": tune_chunks, "abstention": tune_abstention}[args.what](questions)
 
 
 if __name__ == "__main__":

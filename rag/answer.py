@@ -8,8 +8,10 @@ relevant the answer abstains with ``NOT_FOUND``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from .answerability import AnswerabilityModel, features
 from .chunking import sentence_spans
 from .retrieve import Hit, coverage, query_terms
 from .textnorm import fold
@@ -19,15 +21,14 @@ NOT_FOUND = "在报告中未找到相关内容"
 
 @dataclass
 class AbstentionSettings:
-    """When to say nothing was found: the best hit must clear one of these bars.
+    """When to say nothing was found.
 
-    ``min_dense`` is the highest bar that keeps false abstentions at or under 5% on the dev split
-    (see the trade-off table in ``eval/results``); off-topic questions score far below it.
+    With dense scores (hybrid and dense search) the answerability model decides (see
+    ``rag.answerability``); without them (BM25 only) the best hit must cover enough of the question.
     """
 
-    min_dense: float = 0.42
+    model: AnswerabilityModel = field(default_factory=AnswerabilityModel)
     min_coverage: float = 0.6
-    min_dense_with_coverage: float = 0.30
 
 
 @dataclass
@@ -39,18 +40,23 @@ class Answer:
     sources: list[Hit]
 
 
+def unanswerable_probability(query: str, hits: list[Hit], settings: AbstentionSettings,
+                             idf: Callable[[str], float]) -> float | None:
+    """The answerability model's probability that the hits do not answer ``query`` (None without dense scores)."""
+    if not hits or all(h.dense_score is None for h in hits):
+        return None
+    return settings.model.probability(features(query, query_terms(query), hits, idf))
 
-def should_abstain(hits: list[Hit], settings: AbstentionSettings) -> bool:
-    """True when even the best hit looks unrelated to the question."""
+
+def should_abstain(query: str, hits: list[Hit], settings: AbstentionSettings,
+                   idf: Callable[[str], float]) -> bool:
+    """True when the hits look unrelated to the question or only talk around what it asks."""
     if not hits:
         return True
-    best_dense = max((h.dense_score for h in hits if h.dense_score is not None), default=None)
-    best_coverage = max(h.coverage for h in hits)
-    if best_dense is None:
-        return best_coverage < settings.min_coverage
-    if best_dense >= settings.min_dense:
-        return False
-    return not (best_coverage >= settings.min_coverage and best_dense >= settings.min_dense_with_coverage)
+    probability = unanswerable_probability(query, hits, settings, idf)
+    if probability is None:
+        return max(h.coverage for h in hits) < settings.min_coverage
+    return probability >= settings.model.threshold
 
 
 def _answer_units(hit: Hit) -> list[tuple[str, str]]:
@@ -72,11 +78,12 @@ def _leftover(sentence: str, terms: list[str]) -> str:
     return re.sub(r"[\W_]+", "", rest)
 
 
-def compose_answer(query: str, hits: list[Hit], settings: AbstentionSettings | None = None,
-                   max_sentences: int = 3, max_passages: int = 3) -> Answer:
+def compose_answer(query: str, hits: list[Hit], idf: Callable[[str], float],
+                   settings: AbstentionSettings | None = None, max_sentences: int = 3,
+                   max_passages: int = 3) -> Answer:
     """Pick the sentences of the top passages that cover the question best, with markers."""
     settings = settings or AbstentionSettings()
-    if should_abstain(hits, settings):
+    if should_abstain(query, hits, settings, idf):
         return Answer(NOT_FOUND, True, [])
     terms = query_terms(query)
     candidates = []

@@ -197,7 +197,7 @@ class ReportQA:
         found = self.search(query, top_k=top_k, mode=mode, sources=sources)
         if found.error:
             return AskResult(query=found.query, error=found.error, answer=found.error, abstained=True)
-        answer = compose_answer(clean_query(query)[0], found.hits, self.settings.abstention)
+        answer = compose_answer(clean_query(query)[0], found.hits, self.retriever.idf, self.settings.abstention)
         return AskResult(query=found.query, hits=found.hits, warning=found.warning, answer=answer.text,
                          abstained=answer.abstained, sources=answer.sources)
 

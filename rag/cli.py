@@ -217,7 +217,7 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
 @main.command("eval")
 @click.option("--questions", "questions_file", type=click.Path(path_type=Path), default=Path("eval/questions.jsonl"),
               show_default=True, help="Question set (JSON lines: id, question, evidence, docs, type, split).")
-@click.option("--split", type=click.Choice(["dev", "test", "all"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["dev", "test", "holdout", "all"]), default="test", show_default=True)
 @click.option("--configs", default="bm25,dense,recipe,default", show_default=True,
               help="Comma-separated configurations to compare.")
 @click.option("--limit", type=int, default=None, help="Only the first N questions (smoke runs).")

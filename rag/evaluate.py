@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .answer import should_abstain
+from .answer import should_abstain, unanswerable_probability
 from .api import ReportQA, Settings
 from .chunking import ChunkerSettings
 from .errors import RagError
@@ -170,6 +170,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     latencies: list[float] = []
     passage_lengths: list[int] = []
     abstained: dict[str, bool] = {}
+    probabilities: dict[str, float | None] = {}
     best_signals: dict[str, list[Hit]] = {}
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
     config.qa.retriever.clear_cache()
@@ -179,7 +180,9 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         latencies.append((time.perf_counter() - began) * 1000)
         hits = found.hits
         best_signals[question.id] = hits
-        abstained[question.id] = should_abstain(hits, config.qa.settings.abstention)
+        settings, idf = config.qa.settings.abstention, config.qa.retriever.idf
+        abstained[question.id] = should_abstain(question.question, hits, settings, idf)
+        probabilities[question.id] = unanswerable_probability(question.question, hits, settings, idf)
         passage_lengths.extend(len(h.chunk.text) for h in hits[:5])
         if question.answerable:
             runs[question.id] = [(h.citation, _relevant_hit(h, question, config.qa)) for h in hits]
@@ -215,22 +218,24 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     result.latency_ms = {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)}
     result.passage_chars = _mean([float(n) for n in passage_lengths])
     result.misses = [q.id for q in answerable if per_question.get(q.id, {}).get("hit@5", 0.0) == 0.0]
-    result.abstention_curve = _abstention_curve(config.qa.settings, best_signals, answerable, unanswerable)
+    result.abstention_curve = _abstention_curve(probabilities, abstained, answerable, unanswerable)
     if progress:
         progress(f"{config.name}: hit@5={result.metrics['hit@5']:.3f} mrr@10={result.metrics['mrr@10']:.3f}")
     return result
 
 
-def _abstention_curve(settings: Settings, hits: dict[str, list[Hit]], answerable: list[Question],
-                      unanswerable: list[Question]) -> list[tuple[float, float, float]]:
-    """(min_dense, abstain rate, false-abstain rate) for a sweep of the main threshold."""
+def _abstention_curve(probabilities: dict[str, float | None], abstained: dict[str, bool],
+                      answerable: list[Question], unanswerable: list[Question]) -> list[tuple[float, float, float]]:
+    """(threshold, abstain rate, false-abstain rate) for a sweep of the answerability model's bar."""
+    def refused(question: Question, threshold: float) -> float:
+        probability = probabilities[question.id]
+        return float(abstained[question.id] if probability is None else probability >= threshold)
+
     curve = []
-    for step in range(20, 66, 3):
+    for step in range(10, 91, 5):
         threshold = step / 100
-        trial = replace(settings.abstention, min_dense=threshold)
-        abstain = _mean([float(should_abstain(hits[q.id], trial)) for q in unanswerable])
-        false = _mean([float(should_abstain(hits[q.id], trial)) for q in answerable])
-        curve.append((threshold, abstain, false))
+        curve.append((threshold, _mean([refused(q, threshold) for q in unanswerable]),
+                      _mean([refused(q, threshold) for q in answerable])))
     return curve
 
 
@@ -292,11 +297,11 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
     for r in results:
         lines.append(_row([r.name] + [f"{r.by_report.get(rep, {}).get('hit@5', 0):.2f} / "
                                       f"{r.by_report.get(rep, {}).get('mrr@10', 0):.2f}" for rep in reports]))
-    lines += ["", "## Abstention trade-off (varying the dense-score bar)", ""]
+    lines += ["", "## Abstention trade-off (varying the answerability model's bar)", ""]
     for r in results:
         if r.name != "default":
             continue
-        lines += [_row(["min dense score", "abstain on unanswerable", "false abstain on answerable"]),
+        lines += [_row(["refuse when P(unanswerable) ≥", "abstain on unanswerable", "false abstain on answerable"]),
                   _row(["---"] * 3)]
         lines += [_row([f"{t:.2f}", f"{a:.2f}", f"{f:.2f}"]) for t, a, f in r.abstention_curve]
     lines += ["", "## Missed at 5", ""]

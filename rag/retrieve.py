@@ -56,6 +56,7 @@ class Hit:
     score: float
     dense_score: float | None = None
     bm25_score: float | None = None
+    sentence_score: float | None = None
     coverage: float = 0.0
     also_in: list[str] = field(default_factory=list)
 
@@ -108,6 +109,12 @@ class Retriever:
         self._folded = [fold(c.table_header + c.text).replace(" ", "") for c in index.chunks]
         self._cached_query_vector = lru_cache(maxsize=256)(self._embed_query_uncached)
         self._query_lock = threading.Lock()
+        self.idf = lru_cache(maxsize=4096)(self._idf)
+
+    def _idf(self, term: str) -> float:
+        """Inverse passage frequency of a folded term (substring match, as coverage counts it)."""
+        frequency = sum(1 for text in self._folded if term in text)
+        return float(np.log((len(self._folded) + 1) / (frequency + 0.5)))
 
     def clear_cache(self) -> None:
         """Forget cached query vectors (benchmarks time cold queries)."""
@@ -154,12 +161,13 @@ class Retriever:
             return np.zeros(len(self.index.chunks), dtype=np.float32)
         return np.asarray(self.index.lexical.get_scores(terms), dtype=np.float32)
 
-    def _ranking(self, query: str, terms: list[str], mode: str,
-                 allowed: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _ranking(self, query: str, terms: list[str], mode: str, allowed: np.ndarray
+                 ) -> tuple[list[int], np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         dense = self.dense_scores(query) if mode in ("hybrid", "dense") else None
         lexical = self.bm25_scores(query) if mode in ("hybrid", "bm25") else None
+        sentences = self.sentence_scores(query) if dense is not None else None
         if dense is not None and lexical is not None:
-            scores = self._fuse(query, terms, dense, lexical, allowed)
+            scores = self._fuse(terms, dense, sentences, lexical, allowed)
         elif dense is not None:
             scores = np.where(dense > -1.0, dense, -np.inf)
         else:
@@ -168,14 +176,13 @@ class Retriever:
         scores = np.where(allowed, scores, -np.inf)
         order = np.argsort(-scores, kind="stable")
         ranked = [int(i) for i in order[: max(self.fusion.candidates, 1) * 3] if np.isfinite(scores[i])]
-        return ranked, scores, dense, lexical
+        return ranked, scores, dense, lexical, sentences
 
-    def _fuse(self, query: str, terms: list[str], dense: np.ndarray, lexical: np.ndarray,
+    def _fuse(self, terms: list[str], dense: np.ndarray, sentences: np.ndarray | None, lexical: np.ndarray,
               allowed: np.ndarray) -> np.ndarray:
         """Hybrid score of every chunk (-inf outside the candidate set)."""
         fusion = self.fusion
-        sentences = self.sentence_scores(query) if fusion.sentence_weight else None
-        if sentences is None:
+        if sentences is None or not fusion.sentence_weight:
             sentences = dense
         signals = [dense, sentences, np.where(lexical > 0, lexical, -1.0)]
         candidates: set[int] = set()
@@ -208,7 +215,7 @@ class Retriever:
         query = query[:MAX_QUERY_CHARS]
         allowed = np.array([sources is None or c.source in sources for c in self.index.chunks], dtype=bool)
         terms = query_terms(query)
-        ranked, fused, dense, lexical = self._ranking(query, terms, mode, allowed)
+        ranked, fused, dense, lexical, sentences = self._ranking(query, terms, mode, allowed)
         if self.reranker is not None and ranked:
             ranked, fused = self._rerank(query, ranked, fused)
         hits: list[Hit] = []
@@ -224,6 +231,7 @@ class Retriever:
                             score=float(fused[chunk_id]),
                             dense_score=None if dense is None else float(dense[chunk_id]),
                             bm25_score=None if lexical is None else float(lexical[chunk_id]),
+                            sentence_score=None if sentences is None else float(sentences[chunk_id]),
                             coverage=folded_coverage(terms, self._folded[chunk_id])))
         return hits
 

@@ -29,7 +29,7 @@ def rows() -> list[dict]:
 def test_question_set_shape(rows):
     assert len(rows) >= 160
     assert len({r["id"] for r in rows}) == len(rows)
-    assert {r["split"] for r in rows} == {"dev", "test"}
+    assert {r["split"] for r in rows} == {"dev", "test", "holdout"}
     assert {r["type"] for r in rows} <= TYPES
     unanswerable = [r for r in rows if r["type"] == "unanswerable"]
     # ~10% in the test split; dev carries extra near-miss ones to calibrate abstention on.

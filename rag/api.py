@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .answer import AbstentionSettings, compose_answer, format_sources
+from .answerability import TOP_PASSAGES
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
 from .documents import SUPPORTED_SUFFIXES, load_document
@@ -193,12 +194,18 @@ class ReportQA:
 
     def ask(self, query: str, top_k: int = 5, mode: str = "hybrid",
             sources: list[str] | None = None) -> AskResult:
-        """An extractive answer built only from the retrieved passages, with citation markers."""
-        found = self.search(query, top_k=top_k, mode=mode, sources=sources)
+        """An extractive answer built only from the retrieved passages, with citation markers.
+
+        Whether to answer is judged on at least ``TOP_PASSAGES`` hits whatever ``top_k`` is, so
+        asking for fewer passages does not change the decision; only ``top_k`` are returned and quoted.
+        """
+        top_k = max(1, min(int(top_k), 50))
+        found = self.search(query, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources)
         if found.error:
             return AskResult(query=found.query, error=found.error, answer=found.error, abstained=True)
-        answer = compose_answer(clean_query(query)[0], found.hits, self.retriever.idf, self.settings.abstention)
-        return AskResult(query=found.query, hits=found.hits, warning=found.warning, answer=answer.text,
+        answer = compose_answer(clean_query(query)[0], found.hits, self.retriever.idf, self.settings.abstention,
+                                max_passages=min(3, top_k))
+        return AskResult(query=found.query, hits=found.hits[:top_k], warning=found.warning, answer=answer.text,
                          abstained=answer.abstained, sources=answer.sources)
 
     def cite(self, citation: str) -> CitationView:

@@ -62,3 +62,11 @@ def test_model_probability_is_monotonic_in_each_weight():
         raised = {**base, name: base[name] + model.scales[name]}
         moved = model.probability(raised) - model.probability(base)
         assert (moved > 0) == (model.weights[name] > 0), name
+
+
+def test_asking_for_fewer_passages_does_not_change_the_decision(seed_qa):
+    for question in ("魔搭社区首批上架了多少个模型", NEAR_MISSES[0]):
+        wide, narrow = seed_qa.ask(question, top_k=5), seed_qa.ask(question, top_k=1)
+        assert wide.abstained == narrow.abstained, question
+        assert len(narrow.hits) == 1
+        assert all(source.citation == narrow.hits[0].citation for source in narrow.sources)

@@ -19,7 +19,6 @@ import numpy as np
 from rag.answerability import FEATURES, AnswerabilityModel, features
 from rag.api import ReportQA, Settings
 from rag.evaluate import Configuration, evaluate_configuration, load_questions
-from rag.retrieve import query_terms
 
 FUSION_GRID = [("rrf", 1, 0, 1, 0), ("rrf", 1, 0.5, 1, 0), ("rrf", 1, 1, 1, 0),
                ("score", 1, 0, 0.2, 0), ("score", 1, 0, 0.3, 0.1), ("score", 1, 0.5, 0.2, 0.1),
@@ -77,7 +76,7 @@ def tune_abstention(questions) -> None:
     rows, labels = [], []
     for question in questions:
         hits = qa.search(question.question, top_k=10).hits
-        found = features(question.question, query_terms(question.question), hits, qa.retriever.idf)
+        found = features(question.question, hits, qa.retriever.idf)
         rows.append([found[name] for name in FEATURES])
         labels.append(0.0 if question.answerable else 1.0)
     x, y = np.array(rows), np.array(labels)

@@ -45,18 +45,22 @@ def unanswerable_probability(query: str, hits: list[Hit], settings: AbstentionSe
     """The answerability model's probability that the hits do not answer ``query`` (None without dense scores)."""
     if not hits or all(h.dense_score is None for h in hits):
         return None
-    return settings.model.probability(features(query, query_terms(query), hits, idf))
+    return settings.model.probability(features(query, hits, idf))
+
+
+def refuses(probability: float | None, hits: list[Hit], settings: AbstentionSettings) -> bool:
+    """The decision for a probability from ``unanswerable_probability`` (coverage rule when it is None)."""
+    if not hits:
+        return True
+    if probability is None:
+        return max(h.coverage for h in hits) < settings.min_coverage
+    return probability >= settings.model.threshold
 
 
 def should_abstain(query: str, hits: list[Hit], settings: AbstentionSettings,
                    idf: Callable[[str], float]) -> bool:
     """True when the hits look unrelated to the question or only talk around what it asks."""
-    if not hits:
-        return True
-    probability = unanswerable_probability(query, hits, settings, idf)
-    if probability is None:
-        return max(h.coverage for h in hits) < settings.min_coverage
-    return probability >= settings.model.threshold
+    return refuses(unanswerable_probability(query, hits, settings, idf), hits, settings)
 
 
 def _answer_units(hit: Hit) -> list[tuple[str, str]]:

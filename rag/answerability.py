@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chunking import sentence_spans
-from .retrieve import Hit
+from .retrieve import Hit, query_terms
 from .textnorm import fold
 
 WINDOW = 40
@@ -84,11 +84,11 @@ def _windows(hit: Hit, asks_quantity: bool) -> list[str]:
     return rows
 
 
-def features(query: str, terms: Sequence[str], hits: Sequence[Hit], idf: Callable[[str], float]) -> dict[str, float]:
+def features(query: str, hits: Sequence[Hit], idf: Callable[[str], float]) -> dict[str, float]:
     """The model's inputs for one question and its ranked hits."""
     top = list(hits[:TOP_PASSAGES])
-    weights = {t.replace(" ", ""): idf(t.replace(" ", "")) for t in terms}
-    weights = {t: w for t, w in weights.items() if t}
+    folded_terms = {t.replace(" ", "") for t in query_terms(query)} - {""}
+    weights = {t: idf(t) for t in folded_terms}
     asks_quantity = bool(ASKS_QUANTITY.search(query))
     window_support = max((_weighted_share(weights, w) for h in top for w in _windows(h, asks_quantity)),
                          default=0.0)

@@ -98,6 +98,11 @@ def clean_query(query: str) -> tuple[str, str | None]:
     return cleaned, warning
 
 
+def clamp_top_k(top_k: int) -> int:
+    """``top_k`` limited to 1..50 passages."""
+    return max(1, min(int(top_k), 50))
+
+
 def default_corpus_dir() -> Path:
     """``RAG_CORPUS`` or ./corpus."""
     return Path(os.environ.get("RAG_CORPUS", "corpus"))
@@ -188,7 +193,7 @@ class ReportQA:
             cleaned, warning = clean_query(query)
         except RagError as exc:
             return SearchResult(query=query or "", error=str(exc))
-        top_k = max(1, min(int(top_k), 50))
+        top_k = clamp_top_k(top_k)
         hits = self.retriever.search(cleaned, top_k=top_k, mode=mode, sources=sources or None)
         return SearchResult(query=query, hits=hits, warning=warning)
 
@@ -199,7 +204,7 @@ class ReportQA:
         Whether to answer is judged on at least ``TOP_PASSAGES`` hits whatever ``top_k`` is, so
         asking for fewer passages does not change the decision; only ``top_k`` are returned and quoted.
         """
-        top_k = max(1, min(int(top_k), 50))
+        top_k = clamp_top_k(top_k)
         found = self.search(query, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources)
         if found.error:
             return AskResult(query=found.query, error=found.error, answer=found.error, abstained=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .answer import should_abstain, unanswerable_probability
+from .answer import refuses, unanswerable_probability
 from .api import ReportQA, Settings
 from .chunking import ChunkerSettings
 from .errors import RagError
@@ -174,15 +174,15 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     best_signals: dict[str, list[Hit]] = {}
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
     config.qa.retriever.clear_cache()
+    settings, idf = config.qa.settings.abstention, config.qa.retriever.idf
     for question in questions:
         began = time.perf_counter()
         found = config.qa.search(question.question, top_k=depth, mode=config.mode)
         latencies.append((time.perf_counter() - began) * 1000)
         hits = found.hits
         best_signals[question.id] = hits
-        settings, idf = config.qa.settings.abstention, config.qa.retriever.idf
-        abstained[question.id] = should_abstain(question.question, hits, settings, idf)
         probabilities[question.id] = unanswerable_probability(question.question, hits, settings, idf)
+        abstained[question.id] = refuses(probabilities[question.id], hits, settings)
         passage_lengths.extend(len(h.chunk.text) for h in hits[:5])
         if question.answerable:
             runs[question.id] = [(h.citation, _relevant_hit(h, question, config.qa)) for h in hits]

@@ -18,8 +18,8 @@ _HEADING = re.compile(
     r"^(#{1,6}\s+\S|[一二三四五六七八九十]+\s*[、.．]\s*\S|[（(][一二三四五六七八九十\d]+[）)]\s*\S|"
     r"\d+(\.\d+){0,3}\s*[、.．]\s*[\u4e00-\u9fffA-Za-z]|\d+(\.\d+){1,3}\s+[\u4e00-\u9fffA-Za-z]|第[一二三四五六七八九十\d]+[章节部分篇])"
 )
-# Bump when the cutting rules change, so existing indexes are rebuilt rather than reported up to date.
-CHUNKER_VERSION = 2
+# Bump when the cutting rules or the embedded text change, so old indexes are rebuilt, not reported up to date.
+CHUNKER_VERSION = 4
 _CLOSERS = "”’」』）)】》\"'"
 _SOFT_BREAKS = "，、,：:"
 
@@ -80,6 +80,27 @@ def is_heading(line: str, max_chars: int = 40) -> bool:
     if stripped[-1] in SENTENCE_END + "，," or any(mark in stripped[:-1] for mark in "：:；;。"):
         return False
     return bool(_HEADING.match(stripped))
+
+
+# Captions and source lines stand alone too but describe a figure, not the section below them.
+_NOT_TITLES = ("图表", "图：", "图:", "表：", "表:", "来源", "资料来源", "数据来源", "注：", "注:")
+
+
+def is_slide_title(lines: list[str], index: int, max_chars: int = 40) -> bool:
+    """True for a slide-style section title: a short unpunctuated line standing alone between
+    blank lines, followed by a bullet or a full paragraph (how PDF decks extract their titles)."""
+    line = lines[index].strip()
+    if not line or len(line) > max_chars or "\t" in line or line.startswith(_NOT_TITLES):
+        return False
+    if line[-1] in SENTENCE_END + "，,：:；;" or (index > 0 and lines[index - 1].strip()):
+        return False
+    following = index + 1
+    while following < len(lines) and not lines[following].strip():
+        following += 1
+    if following == index + 1 or following == len(lines):
+        return False
+    body = lines[following].strip()
+    return "\t" not in body and (body.startswith("- ") or len(body) >= 80)
 
 
 def line_spans(text: str) -> list[tuple[int, int]]:
@@ -152,6 +173,7 @@ class Chunker:
         if self.settings.strategy == "fixed":
             return self._fixed(source, text)
         lines = line_spans(text)
+        line_texts = [text[a:b] for a, b in lines]
         chunks: list[Chunk] = []
         units: list[_Unit] = []
         heading = ""
@@ -169,7 +191,8 @@ class Chunker:
                 chunks.extend(self._table_chunks(source, text, lines[index:stop], title, heading))
                 index = stop
                 continue
-            if is_heading(line, self.settings.max_heading_chars):
+            if is_heading(line, self.settings.max_heading_chars) or \
+                    is_slide_title(line_texts, index, self.settings.max_heading_chars):
                 heading = line.strip().lstrip("#").strip()
                 units.append(_Unit(start, end, heading, opens_section=True))
             else:

@@ -108,7 +108,8 @@ MIN_UNIT_CHARS = 8
 
 def sentence_units(chunk: StoredChunk, info: ReportInfo) -> list[str]:
     """Embedding inputs for the sentences (table rows) of a chunk: matched small, cited whole."""
-    context = missing_context(chunk.table_header, chunk.text) if chunk.kind == "table" else ""
+    # A row means nothing without its column names, so every row carries the title and header row.
+    context = chunk.table_header if chunk.kind == "table" else ""
     header = chunk.table_header.split("\n")[-1] if chunk.kind == "table" else ""
     units = []
     for start, end in sentence_spans(chunk.text):

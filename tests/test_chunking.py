@@ -14,7 +14,7 @@ from conftest import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag.chunking import Chunk, Chunker, line_spans
+from rag.chunking import Chunk, Chunker, is_slide_title, line_spans
 from rag.documents import Document, load_corpus
 from rag.tokenize import word_spans
 
@@ -125,6 +125,28 @@ def test_long_table_is_split_and_every_part_has_the_header():
     assert all(text[c.start:c.end] == c.text for c in chunks)
     covered = "".join(c.text for c in chunks)
     assert all(row in covered for row in rows)
+
+
+def test_slide_title_opens_a_passage_and_becomes_its_heading(seed_chunks):
+    # 004 is a slide deck: "合作伙伴-电商平台方案商" stands alone above its bullet; the passage about
+    # e-commerce partners must start there instead of trailing the previous slide's passage.
+    document, chunks = next((d, c) for d, c in seed_chunks if d.source.startswith("004_"))
+    title = document.text.index("合作伙伴-电商平台方案商")
+    owner = next(c for c in chunks if c.start <= title < c.end)
+    assert owner.start == title
+    following = next(c for c in chunks if c.start > title)
+    assert following.heading == "合作伙伴-电商平台方案商" or owner.heading == "合作伙伴-电商平台方案商"
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    (["", "核心观点", "", "- 阿里推出通义系列大模型。"], True),
+    (["", "图表：阿里云计算智算中心", "", "- 张北智算中心建设规模为12 FLOPS。"], False),
+    (["上一行", "核心观点", "", "- 阿里推出通义系列大模型。"], False),
+    (["", "核心观点", "", "短句。"], False),
+    (["", "这一行以句号结束。", "", "- 要点"], False),
+])
+def test_slide_title_rule(lines, expected):
+    assert is_slide_title(lines, 1) is expected
 
 
 # -- property test ------------------------------------------------------------------------------

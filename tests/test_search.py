@@ -228,3 +228,22 @@ def test_duplicate_report_does_not_repeat_a_passage(seed_qa, question, mode):
     evidence = "1750亿" if "GPT" in question else "每3~4个月更新一次"
     holders = [hit for hit in hits if squeeze(evidence) in squeeze(hit.chunk.text)]
     assert holders
+
+
+def test_every_table_row_unit_carries_its_header(seed_qa):
+    # A row of the first part of a table quotes the header only once, at the top of the passage;
+    # the row's own embedding input must still name the columns.
+    from rag.index import sentence_units
+
+    index = seed_qa.index
+    tables = [c for c in index.chunks if c.kind == "table"]
+    assert tables
+    for chunk in tables:
+        header_row = chunk.table_header.split("\n")[-1]
+        units = sentence_units(chunk, index.documents[chunk.source].info)
+        assert units and all(header_row in unit for unit in units), chunk.citation
+
+
+def test_question_about_one_table_row_finds_that_row(seed_qa):
+    hits = seed_qa.search("源1.0 参数量", top_k=3).hits
+    assert any("浪潮信息源1.0245.7亿" in squeeze(h.chunk.text) for h in hits)

@@ -2,6 +2,7 @@
 
     python eval/tune.py fusion       # uses the built default index (run `rag index` first)
     python eval/tune.py chunks       # builds one index per setting under index/sweep/
+    python eval/tune.py rerank       # fits the second stage; prints defaults for rag/second_stage.py
     python eval/tune.py abstention   # fits the answerability model; prints defaults for rag/answerability.py
 
 Query vectors are cached inside the retriever and passage embeddings by content, so each extra
@@ -18,7 +19,8 @@ import numpy as np
 
 from rag.answerability import FEATURES, AnswerabilityModel, features
 from rag.api import ReportQA, Settings
-from rag.evaluate import Configuration, evaluate_configuration, load_questions
+from rag.evaluate import Configuration, evaluate_configuration, is_relevant, load_questions
+from rag.second_stage import SIGNALS, SecondStageModel
 
 FUSION_GRID = [("rrf", 1, 0, 1, 0), ("rrf", 1, 0.5, 1, 0), ("rrf", 1, 1, 1, 0),
                ("score", 1, 0, 0.2, 0), ("score", 1, 0, 0.3, 0.1), ("score", 1, 0.5, 0.2, 0.1),
@@ -70,6 +72,66 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 500
     return weights, bias
 
 
+RERANK_L2 = (1.0, 10.0, 100.0, 300.0, 1000.0, 3000.0)
+FOLDS = 5
+
+
+def _pairs(groups: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Differences relevant-minus-irrelevant (label 1) and the reverse (label 0) within each question."""
+    rows, labels = [], []
+    for x, relevant in groups:
+        for good in x[relevant]:
+            for bad in x[~relevant]:
+                rows += [good - bad, bad - good]
+                labels += [1.0, 0.0]
+    return np.array(rows), np.array(labels)
+
+
+def _mrr(groups: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray | None) -> float:
+    """MRR@10 of the candidates ordered by ``x @ weights`` (None: the first stage's order)."""
+    total = 0.0
+    for x, relevant in groups:
+        order = np.arange(len(relevant)) if weights is None else np.argsort(-(x @ weights), kind="stable")
+        ranks = np.flatnonzero(relevant[order])
+        total += 1.0 / (ranks[0] + 1) if len(ranks) and ranks[0] < 10 else 0.0
+    return total / len(groups)
+
+
+def tune_rerank(questions) -> None:
+    """Fit the second stage on dev (pairwise logistic regression, L2 chosen by 5-fold cross-validation)."""
+    qa = ReportQA()
+    qa.retriever.fusion = replace(qa.retriever.fusion, second_stage=None)
+    documents = qa.index.documents
+    groups = []
+    for question in questions:
+        if not question.answerable:
+            continue
+        # A copy of a listed report (the same report extracted twice) answers as well as the original.
+        copies = {d for source in question.docs if source in documents for d in documents[source].duplicates}
+        judged = replace(question, docs=sorted(set(question.docs) | copies)) if question.docs else question
+        chunks, x = qa.retriever.second_stage_candidates(question.question)
+        groups.append((x, np.array([is_relevant(c.text, c.source, judged) for c in chunks], dtype=bool)))
+    stacked = np.vstack([x for x, _ in groups])
+    means, scales = stacked.mean(axis=0), stacked.std(axis=0) + 1e-9
+    groups = [((x - means) / scales, relevant) for x, relevant in groups]
+    print(f"first stage alone: dev MRR@10 {_mrr(groups, None):.3f}")
+    folds = [set(range(start, len(groups), FOLDS)) for start in range(FOLDS)]
+    best = (-1.0, RERANK_L2[0])
+    print("l2 | cross-validated dev MRR@10")
+    for l2 in RERANK_L2:
+        scores = []
+        for held in folds:
+            weights, _ = fit_logistic(*_pairs([g for n, g in enumerate(groups) if n not in held]), l2=l2)
+            scores.append(_mrr([groups[n] for n in held], weights))
+        print(f"{l2:5} | {np.mean(scores):.3f}")
+        best = max(best, (float(np.mean(scores)), l2))
+    weights, _ = fit_logistic(*_pairs(groups), l2=best[1])
+    # Fold the standardisation into the weights: the subtracted means shift every score alike.
+    model = SecondStageModel(weights=dict(zip(SIGNALS, np.round(weights / scales, 3).tolist(), strict=True)))
+    print(f"\nchosen l2={best[1]} (cross-validated MRR@10 {best[0]:.3f}); fitted on all of dev:")
+    print(model)
+
+
 def tune_abstention(questions) -> None:
     """Fit the answerability model on dev; print its defaults and the trade-off curve."""
     qa = ReportQA()
@@ -100,11 +162,12 @@ def tune_abstention(questions) -> None:
 def main() -> None:
     """Parse arguments and run one sweep."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["fusion", "chunks", "abstention"])
+    parser.add_argument("what", choices=["fusion", "chunks", "rerank", "abstention"])
     parser.add_argument("--questions", type=Path, default=Path("eval/questions.jsonl"))
     args = parser.parse_args()
     questions = load_questions(args.questions, "dev")
-    {"fusion": tune_fusion, "chunks": tune_chunks, "abstention": tune_abstention}[args.what](questions)
+    {"fusion": tune_fusion, "chunks": tune_chunks, "rerank": tune_rerank,
+     "abstention": tune_abstention}[args.what](questions)
 
 
 if __name__ == "__main__":

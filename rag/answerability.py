@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chunking import sentence_spans
+from .question import asks_quantity
 from .retrieve import Hit, query_terms
 from .textnorm import fold
 
@@ -35,7 +36,6 @@ BEFORE_NUMBER = 80
 AFTER_NUMBER = 20
 TOP_PASSAGES = 5
 FEATURES = ("best_sentence", "window_support", "sentence_coverage", "asks_quantity", "score_gap")
-ASKS_QUANTITY = re.compile(r"多少|几|多大|多长|多高|多快|多久|比例|占比|百分|分数|得分|多强")
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*|[一二两三四五六七八九十百千万亿]+(?=[万亿倍个家种张台年月日%])")
 
 
@@ -44,16 +44,16 @@ class AnswerabilityModel:
     """Logistic model over ``FEATURES`` (standardised with ``means``/``scales``) and its refusal bar."""
 
     weights: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": -1.268, "window_support": -0.852, "sentence_coverage": 1.231, "asks_quantity": 1.537,
-        "score_gap": 0.166})
+        "best_sentence": -1.39, "window_support": -0.68, "sentence_coverage": 1.221, "asks_quantity": 1.626,
+        "score_gap": 0.047})
     means: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": 0.5838, "window_support": 0.498, "sentence_coverage": 0.4534, "asks_quantity": 0.513,
-        "score_gap": 0.3503})
+        "best_sentence": 0.5887, "window_support": 0.4994, "sentence_coverage": 0.4549, "asks_quantity": 0.513,
+        "score_gap": 4.5274})
     scales: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": 0.0984, "window_support": 0.2533, "sentence_coverage": 0.2368, "asks_quantity": 0.4998,
-        "score_gap": 0.1656})
-    bias: float = -2.439
-    threshold: float = 0.47
+        "best_sentence": 0.0967, "window_support": 0.2521, "sentence_coverage": 0.2363, "asks_quantity": 0.4998,
+        "score_gap": 2.3681})
+    bias: float = -2.505
+    threshold: float = 0.445
 
     def probability(self, features: dict[str, float]) -> float:
         """Probability that the question is not answered by the passages."""
@@ -67,13 +67,13 @@ def _weighted_share(weights: dict[str, float], text: str) -> float:
     return sum(w for term, w in weights.items() if term in text) / total if total else 0.0
 
 
-def _windows(hit: Hit, asks_quantity: bool) -> list[str]:
+def _windows(hit: Hit, numeric: bool) -> list[str]:
     """Stretches of a passage where an answer could sit, as folded text without spaces."""
     text = fold(hit.chunk.text).replace(" ", "")
-    positions = ([m.start() for m in NUMBER.finditer(text)] if asks_quantity
+    positions = ([m.start() for m in NUMBER.finditer(text)] if numeric
                  else list(range(0, len(text), 10)))
     if hit.chunk.kind != "table":
-        before, after = (BEFORE_NUMBER, AFTER_NUMBER) if asks_quantity else (WINDOW, WINDOW)
+        before, after = (BEFORE_NUMBER, AFTER_NUMBER) if numeric else (WINDOW, WINDOW)
         return [text[max(0, p - before):p + after] for p in positions]
     header = fold(hit.chunk.table_header).replace(" ", "")
     rows = []
@@ -89,8 +89,8 @@ def features(query: str, hits: Sequence[Hit], idf: Callable[[str], float]) -> di
     top = list(hits[:TOP_PASSAGES])
     folded_terms = {t.replace(" ", "") for t in query_terms(query)} - {""}
     weights = {t: idf(t) for t in folded_terms}
-    asks_quantity = bool(ASKS_QUANTITY.search(query))
-    window_support = max((_weighted_share(weights, w) for h in top for w in _windows(h, asks_quantity)),
+    quantity = asks_quantity(query)
+    window_support = max((_weighted_share(weights, w) for h in top for w in _windows(h, quantity)),
                          default=0.0)
     sentence_coverage = max((_weighted_share(weights, fold(h.chunk.text[a:b]).replace(" ", ""))
                              for h in top for a, b in sentence_spans(h.chunk.text)), default=0.0)
@@ -98,5 +98,5 @@ def features(query: str, hits: Sequence[Hit], idf: Callable[[str], float]) -> di
     best_sentence = max((s for s in sentence_scores if s is not None), default=0.0)
     gap = top[0].score - top[-1].score if len(top) > 1 else 0.0
     return {"best_sentence": float(best_sentence), "window_support": float(window_support),
-            "sentence_coverage": float(sentence_coverage), "asks_quantity": float(asks_quantity),
+            "sentence_coverage": float(sentence_coverage), "asks_quantity": float(quantity),
             "score_gap": float(gap)}

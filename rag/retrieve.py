@@ -17,6 +17,7 @@ from .dedup import containment, grams, passage_key
 from .embed import Embedder
 from .index import Index, StoredChunk, StoredDocument, lexical_text
 from .rerank import Reranker
+from .second_stage import SecondStageModel, signals
 from .textnorm import fold
 from .tokenize import tokens
 
@@ -34,6 +35,8 @@ class FusionSettings:
     ``method="score"`` (default) adds weighted scores: passage cosine, best sentence cosine, BM25
     divided by the best BM25 among the candidates, and query-term coverage; chosen on the dev split
     (``eval/tune.py``). ``method="rrf"`` is weighted reciprocal-rank fusion of the three rankings.
+    ``second_stage`` then re-scores the top ``rerank_depth`` passages (``rag.second_stage``); None
+    keeps the fused order.
     """
 
     method: str = "score"
@@ -44,6 +47,7 @@ class FusionSettings:
     rrf_k: int = 60
     candidates: int = 50
     rerank_depth: int = 20
+    second_stage: SecondStageModel | None = field(default_factory=SecondStageModel)
 
 
 @dataclass
@@ -107,6 +111,7 @@ class Retriever:
         self.reranker = reranker
         self._grams = [grams(passage_key(c.text)) for c in index.chunks]
         self._folded = [fold(c.table_header + c.text).replace(" ", "") for c in index.chunks]
+        self._digit_shares = [sum(ch.isdigit() for ch in c.text) / max(1, len(c.text)) for c in index.chunks]
         self._cached_query_vector = lru_cache(maxsize=256)(self._embed_query_uncached)
         self._query_lock = threading.Lock()
         self.idf = lru_cache(maxsize=4096)(self._idf)
@@ -218,6 +223,10 @@ class Retriever:
         ranked, fused, dense, lexical, sentences = self._ranking(query, terms, mode, allowed)
         if self.reranker is not None and ranked:
             ranked, fused = self._rerank(query, ranked, fused)
+        elif mode == "hybrid" and self.fusion.second_stage is not None and ranked:
+            assert dense is not None and lexical is not None
+            ranked, fused = self._second_stage(query, terms, ranked, fused, dense,
+                                               dense if sentences is None else sentences, lexical)
         hits: list[Hit] = []
         for chunk_id in ranked:
             chunk = self.index.chunks[chunk_id]
@@ -240,6 +249,38 @@ class Retriever:
         assert self.reranker is not None
         head = ranked[: self.fusion.rerank_depth]
         scores = self.reranker.score(query, [lexical_text(self.index.chunks[i]) for i in head])
+        return self._reorder(ranked, fused, head, [float(s) for s in scores])
+
+    def _second_stage(self, query: str, terms: list[str], ranked: list[int], fused: np.ndarray, dense: np.ndarray,
+                      sentences: np.ndarray, lexical: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """Re-order the head of the ranking by the learned second stage (``rag.second_stage``)."""
+        assert self.fusion.second_stage is not None
+        head = ranked[: self.fusion.rerank_depth]
+        matrix = self._signals(query, terms, head, dense, sentences, lexical)
+        return self._reorder(ranked, fused, head, [float(s) for s in self.fusion.second_stage.score(matrix)])
+
+    def _signals(self, query: str, terms: list[str], head: list[int], dense: np.ndarray, sentences: np.ndarray,
+                 lexical: np.ndarray) -> np.ndarray:
+        return signals(fold(query).replace(" ", ""), terms, self.idf, [self._folded[i] for i in head],
+                       [self._digit_shares[i] for i in head], dense[head].tolist(), sentences[head].tolist(),
+                       lexical[head].tolist(),
+                       [folded_coverage(terms, self._folded[i]) for i in head])
+
+    def second_stage_candidates(self, query: str) -> tuple[list[StoredChunk], np.ndarray]:
+        """The passages the second stage would re-score for ``query`` and their signals (for fitting it)."""
+        query = query[:MAX_QUERY_CHARS]
+        terms = query_terms(query)
+        allowed = np.ones(len(self.index.chunks), dtype=bool)
+        ranked, _, dense, lexical, sentences = self._ranking(query, terms, "hybrid", allowed)
+        assert dense is not None and lexical is not None
+        head = ranked[: self.fusion.rerank_depth]
+        matrix = self._signals(query, terms, head, dense, dense if sentences is None else sentences, lexical)
+        return [self.index.chunks[i] for i in head], matrix
+
+    @staticmethod
+    def _reorder(ranked: list[int], fused: np.ndarray, head: list[int], scores: list[float]
+                 ) -> tuple[list[int], np.ndarray]:
+        """The head re-sorted by ``scores`` (which replace its fused scores), the tail kept below it."""
         rescored = fused.copy()
         for chunk_id, score in zip(head, scores, strict=True):
             rescored[chunk_id] = score

@@ -19,6 +19,11 @@ def test_longest_shared_run():
     assert longest_shared_run("", "abc") == 0
 
 
+def test_bigrams():
+    assert bigrams("参数量") == {"参数", "数量"}
+    assert bigrams("a") == set()
+
+
 def test_signals_of_two_candidates():
     idf = {"gpt-3": 3.0, "参数": 1.0}.get
     matrix = signals("gpt-3的参数量是多少", ["gpt-3", "参数"], lambda t: idf(t, 1.0),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from .answerability import AnswerabilityModel, features
 from .chunking import sentence_spans
 from .retrieve import Hit, coverage, query_terms
-from .textnorm import fold
+from .textnorm import fold, squeeze
 
 NOT_FOUND = "在报告中未找到相关内容"
 
@@ -91,10 +91,14 @@ def compose_answer(query: str, hits: list[Hit], idf: Callable[[str], float],
         return Answer(NOT_FOUND, True, [])
     terms = query_terms(query)
     candidates = []
+    seen: set[str] = set()
     for position, hit in enumerate(hits[:max_passages]):
         for order, (sentence, scored_as) in enumerate(_answer_units(hit)):
             if len(_leftover(sentence, terms)) < 4:
                 continue  # a header row or a line that only repeats the question says nothing new
+            if squeeze(sentence) in seen:
+                continue  # overlapping passages share sentences; quote each once, from the better hit
+            seen.add(squeeze(sentence))
             score = coverage(terms, scored_as) - 0.1 * position - 0.001 * order
             candidates.append((score, position, order, sentence))
     chosen = sorted(candidates, reverse=True)[:max_sentences]

@@ -247,3 +247,19 @@ def test_every_table_row_unit_carries_its_header(seed_qa):
 def test_question_about_one_table_row_finds_that_row(seed_qa):
     hits = seed_qa.search("源1.0 参数量", top_k=3).hits
     assert any("浪潮信息源1.0245.7亿" in squeeze(h.chunk.text) for h in hits)
+
+
+@pytest.mark.parametrize("question", ["英伟达H200单卡售价大概多少美元？", "GPT-3 的参数量是多少？",
+                                      "哪些公司是通义大模型的合作伙伴？"])
+def test_answer_quotes_each_sentence_once(seed_qa, question):
+    # Neighbouring passages overlap (the H200 passages share their first sentence); a shared sentence
+    # must be quoted once. The bar is lifted so the answer is composed whatever abstention decides.
+    from dataclasses import replace
+
+    from rag.answer import AbstentionSettings, compose_answer
+
+    settings = AbstentionSettings(model=replace(seed_qa.settings.abstention.model, threshold=2.0))
+    hits = seed_qa.search(question, top_k=5).hits
+    answer = compose_answer(question, hits, seed_qa.retriever.idf, settings)
+    quoted = [squeeze(part) for part in re.split(r"\[\d+\]", answer.text) if part.strip()]
+    assert quoted and len(quoted) == len(set(quoted))

@@ -154,11 +154,14 @@ def test_answer_html_has_sources_context_and_marks(seed_qa):
 
 def test_also_in_is_listed(seed_qa):
     # The two 浙商证券 files are near-copies: their shared passages are folded into one hit.
-    result = seed_qa.ask("文心一言是哪家公司的？")
-    hits = [hit for hit in result.sources if hit.also_in]
-    if not hits:
-        pytest.skip("no near-duplicate among the cited passages for this question")
-    assert "亦见" in webui.answer_html(seed_qa, result)
+    # Whether a cited passage has a folded copy depends on ranking, so one of several such questions must.
+    results = [seed_qa.ask(q) for q in ("GPT-3 的参数量是多少？", "微软365 Copilot主要是由哪个模型驱动的？",
+                                        "文心一言是哪家公司的？")]
+    folded = [r for r in results if any(hit.also_in for hit in r.sources)]
+    assert folded, "no cited passage lists its near-copy"
+    page = webui.answer_html(seed_qa, folded[0])
+    assert "亦见" in page
+    assert all(c in page for hit in folded[0].sources for c in hit.also_in)
 
 
 # --- uploads --------------------------------------------------------------------------------

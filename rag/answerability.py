@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chunking import sentence_spans
-from .question import asks_quantity
+from .question import asks_quantity, term_weights, weighted_share
 from .retrieve import Hit, query_terms
 from .textnorm import fold
 
@@ -62,11 +62,6 @@ class AnswerabilityModel:
         return float(1.0 / (1.0 + np.exp(-z)))
 
 
-def _weighted_share(weights: dict[str, float], text: str) -> float:
-    total = sum(weights.values())
-    return sum(w for term, w in weights.items() if term in text) / total if total else 0.0
-
-
 def _windows(hit: Hit, numeric: bool) -> list[str]:
     """Stretches of a passage where an answer could sit, as folded text without spaces."""
     text = fold(hit.chunk.text).replace(" ", "")
@@ -87,12 +82,11 @@ def _windows(hit: Hit, numeric: bool) -> list[str]:
 def features(query: str, hits: Sequence[Hit], idf: Callable[[str], float]) -> dict[str, float]:
     """The model's inputs for one question and its ranked hits."""
     top = list(hits[:TOP_PASSAGES])
-    folded_terms = {t.replace(" ", "") for t in query_terms(query)} - {""}
-    weights = {t: idf(t) for t in folded_terms}
+    weights = term_weights(query_terms(query), idf)
     quantity = asks_quantity(query)
-    window_support = max((_weighted_share(weights, w) for h in top for w in _windows(h, quantity)),
+    window_support = max((weighted_share(weights, w) for h in top for w in _windows(h, quantity)),
                          default=0.0)
-    sentence_coverage = max((_weighted_share(weights, fold(h.chunk.text[a:b]).replace(" ", ""))
+    sentence_coverage = max((weighted_share(weights, fold(h.chunk.text[a:b]).replace(" ", ""))
                              for h in top for a, b in sentence_spans(h.chunk.text)), default=0.0)
     sentence_scores = [h.sentence_score if h.sentence_score is not None else h.dense_score for h in top]
     best_sentence = max((s for s in sentence_scores if s is not None), default=0.0)

@@ -225,8 +225,7 @@ class Retriever:
             ranked, fused = self._rerank(query, ranked, fused)
         elif mode == "hybrid" and self.fusion.second_stage is not None and ranked:
             assert dense is not None and lexical is not None
-            ranked, fused = self._second_stage(query, terms, ranked, fused, dense,
-                                               dense if sentences is None else sentences, lexical)
+            ranked, fused = self._second_stage(query, terms, ranked, fused, dense, sentences, lexical)
         hits: list[Hit] = []
         for chunk_id in ranked:
             chunk = self.index.chunks[chunk_id]
@@ -252,15 +251,17 @@ class Retriever:
         return self._reorder(ranked, fused, head, [float(s) for s in scores])
 
     def _second_stage(self, query: str, terms: list[str], ranked: list[int], fused: np.ndarray, dense: np.ndarray,
-                      sentences: np.ndarray, lexical: np.ndarray) -> tuple[list[int], np.ndarray]:
+                      sentences: np.ndarray | None, lexical: np.ndarray) -> tuple[list[int], np.ndarray]:
         """Re-order the head of the ranking by the learned second stage (``rag.second_stage``)."""
         assert self.fusion.second_stage is not None
         head = ranked[: self.fusion.rerank_depth]
         matrix = self._signals(query, terms, head, dense, sentences, lexical)
         return self._reorder(ranked, fused, head, [float(s) for s in self.fusion.second_stage.score(matrix)])
 
-    def _signals(self, query: str, terms: list[str], head: list[int], dense: np.ndarray, sentences: np.ndarray,
-                 lexical: np.ndarray) -> np.ndarray:
+    def _signals(self, query: str, terms: list[str], head: list[int], dense: np.ndarray,
+                 sentences: np.ndarray | None, lexical: np.ndarray) -> np.ndarray:
+        if sentences is None:  # an index without sentence vectors: the passage is its own best sentence
+            sentences = dense
         return signals(fold(query).replace(" ", ""), terms, self.idf, [self._folded[i] for i in head],
                        [self._digit_shares[i] for i in head], dense[head].tolist(), sentences[head].tolist(),
                        lexical[head].tolist(),
@@ -274,7 +275,7 @@ class Retriever:
         ranked, _, dense, lexical, sentences = self._ranking(query, terms, "hybrid", allowed)
         assert dense is not None and lexical is not None
         head = ranked[: self.fusion.rerank_depth]
-        matrix = self._signals(query, terms, head, dense, dense if sentences is None else sentences, lexical)
+        matrix = self._signals(query, terms, head, dense, sentences, lexical)
         return [self.index.chunks[i] for i in head], matrix
 
     @staticmethod

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .question import asks_quantity
+from .question import asks_quantity, term_weights, weighted_share
 
 SIGNALS = ("dense", "sentence", "bm25", "coverage", "idf_coverage", "bigrams", "phrase", "digits_if_quantity")
 
@@ -66,8 +66,7 @@ def signals(query_folded: str, terms: Sequence[str], idf: Callable[[str], float]
 
     ``query_folded`` is the question folded with spaces removed; ``terms`` its distinct query terms.
     """
-    weights = {t: idf(t) for t in {t.replace(" ", "") for t in terms} - {""}}
-    total_weight = sum(weights.values()) or 1.0
+    weights = term_weights(terms, idf)
     query_bigrams = bigrams(query_folded)
     quantity = float(asks_quantity(query_folded))
     top_bm25 = max(bm25, default=0.0) or 1.0
@@ -75,7 +74,7 @@ def signals(query_folded: str, terms: Sequence[str], idf: Callable[[str], float]
     for position, text in enumerate(texts_folded):
         rows.append((
             dense[position], sentence[position], bm25[position] / top_bm25, coverage[position],
-            sum(w for t, w in weights.items() if t in text) / total_weight,
+            weighted_share(weights, text),
             sum(1 for b in query_bigrams if b in text) / max(1, len(query_bigrams)),
             longest_shared_run(query_folded, text) / max(1, len(query_folded)),
             digit_shares[position] * quantity,

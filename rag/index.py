@@ -33,7 +33,7 @@ from .documents import Document, LoadFailure, load_corpus
 from .embed import Embedder, EmbeddingCache, document_input, embed_with_cache
 from .errors import RagError
 from .metadata import ReportInfo, detect_info, load_metadata, merge_info, metadata_path, save_metadata
-from .tokenize import add_words, corpus_terms, tokens
+from .tokenize import TOKENIZER_VERSION, add_words, corpus_terms, tokens
 
 FORMAT_VERSION = 1
 CURRENT = "current"
@@ -226,7 +226,8 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     corpus_hashes = {d.source: d.sha256 for d in documents}
     manifest = read_manifest(index_dir)
     wanted = {"format": FORMAT_VERSION, "model": embedder.name, "dimension": embedder.dimension,
-              "chunker": settings.as_dict(), "chunker_version": CHUNKER_VERSION, "corpus": corpus_hashes}
+              "chunker": settings.as_dict(), "chunker_version": CHUNKER_VERSION,
+              "tokenizer_version": TOKENIZER_VERSION, "corpus": corpus_hashes}
     if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
         metadata_file = metadata_path(corpus_dir)
         if metadata_file.exists() and metadata_file.stat().st_mtime <= manifest.get("built_at", 0) \
@@ -304,6 +305,9 @@ class Index:
             raise RagError(f"索引不存在或无法读取：{index_dir}。{REBUILD_HINT}")
         if manifest.get("format") != FORMAT_VERSION:
             raise RagError(f"索引格式已过期：{index_dir}。{REBUILD_HINT}")
+        if manifest.get("tokenizer_version", 1) != TOKENIZER_VERSION:
+            # The BM25 vocabulary was cut by an older tokenizer: questions would no longer meet it.
+            raise RagError(f"索引的分词方式已过期：{index_dir}。{REBUILD_HINT}")
         self.manifest = manifest
         # Queries must be cut with the same dictionary the passages were indexed with.
         add_words(manifest.get("user_words", []))

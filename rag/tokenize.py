@@ -3,7 +3,11 @@
 Matching tokens are computed on folded text (``textnorm.fold``). Latin/number runs such as
 ``GPT-3``, ``M6-OFA`` or ``3.5`` are kept whole (jieba would split them at the hyphen) and also
 contribute their parts, so "GPT3" and "GPT-3" still meet. Chinese runs go through jieba's search
-mode, which yields whole words plus their shorter sub-words.
+mode, which yields whole words plus their shorter sub-words. A name written straight before a
+version number ("源1.0", "悟道3.0", "ERNIE 3.0") also yields the joined name ("源1.0", "ernie3.0"), so a
+question about one version meets the rows that name it rather than every "1.0" in the corpus.
+Jieba also learns the domain words in ``data/domain_words.txt`` (参数量, 算力 …), which its general
+dictionary would split.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ _LATIN = re.compile(r"[a-z0-9]+(?:[\-_.+/][a-z0-9]+)*")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _TOKEN = re.compile(r"[a-z0-9]+(?:[\-_.+/][a-z0-9]+)*|[\u3400-\u9fff\uf900-\ufaff]+")
 _SEPARATOR = re.compile(r"[\-_+/]")
+_VERSION = re.compile(r"v?\d+(?:\.\d+)+")
+# Bump when tokens() changes: the BM25 index must be rebuilt with the new tokens.
+TOKENIZER_VERSION = 2
 
 
 @lru_cache(maxsize=1)
@@ -41,6 +48,9 @@ def _ensure_jieba() -> None:
     with _LOCK:
         if not _INITIALISED:
             jieba.initialize()
+            text = resources.files("rag.data").joinpath("domain_words.txt").read_text(encoding="utf-8")
+            for word in text.split():
+                jieba.add_word(word, freq=20000)
             _INITIALISED = True
 
 
@@ -64,18 +74,25 @@ def tokens(text: str) -> list[str]:
     folded = fold(text)
     stop = stopwords()
     result: list[str] = []
+    name, name_end = "", -1  # the last word before this piece, and where it ended
     for match in _TOKEN.finditer(folded):
         piece = match.group(0)
+        if name and _VERSION.fullmatch(piece) and folded[name_end:match.start()].strip() == "":
+            result.append(name + piece)
         if _CJK_RUN.fullmatch(piece):
+            words = list(jieba.cut(piece))
+            name = words[-1]
             for word in jieba.cut_for_search(piece):
                 if word not in stop:
                     result.append(word)
         else:
+            name = piece
             result.append(piece)
             parts = [part for part in _SEPARATOR.split(piece) if part]
             if len(parts) > 1:
                 result.extend(parts)
                 result.append("".join(parts))
+        name_end = match.end()
     return result
 
 

@@ -223,6 +223,12 @@ def _old_format(path: Path) -> None:
     path.write_text(json.dumps(manifest), encoding="utf-8")
 
 
+def _old_tokenizer(path: Path) -> None:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    del manifest["tokenizer_version"]  # as written before the tokenizer was versioned
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+
+
 DAMAGE = {
     "dense.faiss deleted": ("dense.faiss", Path.unlink),
     "dense.faiss garbled": ("dense.faiss", _garble),
@@ -230,6 +236,7 @@ DAMAGE = {
     "manifest.json garbled": ("manifest.json", _garble),
     "manifest.json wrong count": ("manifest.json", _drop_a_chunk_from_manifest),
     "manifest.json old format": ("manifest.json", _old_format),
+    "manifest.json old tokenizer": ("manifest.json", _old_tokenizer),
     "meta.sqlite garbled": ("meta.sqlite", _garble),
     "bm25 deleted": ("bm25", shutil.rmtree),
 }

@@ -1,7 +1,9 @@
 """Extractive answers: the best-matching sentences of the retrieved passages, each cited.
 
 No generative model is involved: every sentence of an answer is copied from a passage and
-followed by the marker of that passage ([1], [2] …). When the retrieved passages do not look
+followed by the marker of that passage ([1], [2] …). A table row is copied cell by cell, each cell
+after its column name (``参数量（GPT-1：1.2亿；…）``), because a bare row of numbers does not say
+which number belongs to what. When the retrieved passages do not look
 relevant the answer abstains with ``NOT_FOUND``.
 """
 
@@ -63,15 +65,44 @@ def should_abstain(query: str, hits: list[Hit], settings: AbstentionSettings,
     return refuses(unanswerable_probability(query, hits, settings, idf), hits, settings)
 
 
-def _answer_units(hit: Hit) -> list[tuple[str, str]]:
-    """(quoted text, text it is scored as): sentences, or table rows scored with their header."""
+@dataclass
+class AnswerUnit:
+    """A sentence or table row of a passage: its text, how it is quoted, and the text it is scored as."""
+
+    text: str
+    quoted: str
+    scored_as: str
+
+
+def quote_row(header: str, row: str) -> str:
+    """A table row made readable on its own: each cell after its column name.
+
+    ``参数量	1.2亿	15.8亿`` under ``	GPT-1	GPT-2`` reads ``参数量（GPT-1：1.2亿；GPT-2：15.8亿）``;
+    under a header that names its first column too, every cell is paired (``企业：浪潮信息；…``).
+    A row whose cells do not line up with the header keeps its cells, separated by `` | ``.
+    """
+    names = [cell.strip() for cell in header.split("\t")]
+    cells = [cell.strip() for cell in row.split("\t")]
+    if len(names) == len(cells) - 1:  # the header's empty corner cell above the row labels was trimmed
+        names = ["", *names]
+    if len(names) != len(cells) or len(cells) < 2:
+        return " | ".join(cell for cell in cells if cell)
+    pairs = [f"{name}：{cell}" for name, cell in zip(names[1:], cells[1:], strict=True) if cell]
+    if names[0]:
+        return "；".join([f"{names[0]}：{cells[0]}"] * bool(cells[0]) + pairs)
+    return f"{cells[0]}（{'；'.join(pairs)}）" if cells[0] else "；".join(pairs)
+
+
+def _answer_units(hit: Hit) -> list[AnswerUnit]:
+    """Sentences, or table rows scored with their header and quoted with their column names."""
     text = hit.chunk.text
     if hit.chunk.kind != "table":
-        return [(text[a:b], text[a:b]) for a, b in sentence_spans(text)]
-    context_lines = [line.strip() for line in hit.chunk.table_header.split("\n") if line.strip()]
+        return [AnswerUnit(text[a:b], text[a:b], text[a:b]) for a, b in sentence_spans(text)]
+    context_lines = [line.strip("\n") for line in hit.chunk.table_header.split("\n") if line.strip()]
     header = context_lines[-1] if context_lines else ""
-    rows = [line.strip() for line in text.split("\n") if line.strip() and line.strip() not in context_lines]
-    return [(row, f"{header}\t{row}") for row in rows]
+    rows = [line for line in text.split("\n")
+            if line.strip() and line.strip() not in {c.strip() for c in context_lines}]
+    return [AnswerUnit(row.strip(), quote_row(header, row), f"{header}\t{row}") for row in rows]
 
 
 def _leftover(sentence: str, terms: list[str]) -> str:
@@ -93,14 +124,14 @@ def compose_answer(query: str, hits: list[Hit], idf: Callable[[str], float],
     candidates = []
     seen: set[str] = set()
     for position, hit in enumerate(hits[:max_passages]):
-        for order, (sentence, scored_as) in enumerate(_answer_units(hit)):
-            if len(_leftover(sentence, terms)) < 4:
+        for order, unit in enumerate(_answer_units(hit)):
+            if len(_leftover(unit.text, terms)) < 4:
                 continue  # a header row or a line that only repeats the question says nothing new
-            if squeeze(sentence) in seen:
+            if squeeze(unit.text) in seen:
                 continue  # overlapping passages share sentences; quote each once, from the better hit
-            seen.add(squeeze(sentence))
-            score = coverage(terms, scored_as) - 0.1 * position - 0.001 * order
-            candidates.append((score, position, order, sentence))
+            seen.add(squeeze(unit.text))
+            score = coverage(terms, unit.scored_as) - 0.1 * position - 0.001 * order
+            candidates.append((score, position, order, unit.quoted))
     chosen = sorted(candidates, reverse=True)[:max_sentences]
     chosen = [c for c in chosen if c[0] > 0] or chosen[:1]
     chosen.sort(key=lambda c: (c[1], c[2]))

@@ -160,12 +160,15 @@ def test_ask_answers_with_verbatim_cited_sentences(seed_qa, question):
     assert pieces[-1] == "", "the answer ends with a marker"
     sentences = [p for p in pieces if p.strip()]
     assert sentences
-    source_texts = [hit.chunk.text for hit in result.sources]
-    for sentence in sentences:
-        assert any(sentence in text for text in source_texts), sentence
-    # each sentence is quoted from the passage its marker points to
-    for sentence, marker in zip(re.split(r"\[\d+\]", result.answer), markers, strict=False):
-        assert sentence in result.sources[marker - 1].chunk.text
+    # each sentence is quoted from the passage its marker points to; a table row is quoted cell by
+    # cell after its column names, so there every cell and name must come from that passage
+    for sentence, marker in zip(pieces, markers, strict=False):
+        source = result.sources[marker - 1].chunk
+        if source.kind == "table" and sentence not in source.text:
+            cells = [c.strip() for c in re.split(r"[（）；：|]", sentence) if c.strip()]
+            assert cells and all(c in source.table_header + source.text for c in cells), sentence
+        else:
+            assert sentence in source.text, sentence
     payload = result.to_json()
     assert payload["abstained"] is False
     assert [s["citation"] for s in payload["sources"]] == [h.citation for h in result.sources]
@@ -180,6 +183,22 @@ def test_ask_answer_states_the_fact(seed_qa, question, fact):
     result = seed_qa.ask(question)
     assert not result.abstained
     assert fact in squeeze(result.answer)
+
+
+def test_table_row_is_quoted_with_its_column_names(seed_qa):
+    # The GPT table's rows are "参数量	1.2亿	15.8亿	1750亿	13亿" under "	GPT-1	GPT-2	GPT-3	…": the bare
+    # row would not say which number is GPT-3's.
+    result = seed_qa.ask("GPT-3的参数量是多少")
+    assert "GPT-3：1750亿" in result.answer
+
+
+def test_quote_row_pairs_cells_with_column_names():
+    from rag.answer import quote_row
+
+    assert quote_row("GPT-1\tGPT-2", "参数量\t1.2亿\t15.8亿") == "参数量（GPT-1：1.2亿；GPT-2：15.8亿）"
+    assert quote_row("企业\t大模型\t大参数", "浪潮信息\t源 1.0\t245.7亿") == "企业：浪潮信息；大模型：源 1.0；大参数：245.7亿"
+    assert quote_row("\t供应商\t型号", "\t寒武纪\t思元290") == "供应商：寒武纪；型号：思元290"  # merged first cell
+    assert quote_row("A\tB", "x\ty\tz\tw") == "x | y | z | w"  # cells that do not line up stay as they are
 
 
 @pytest.mark.parametrize("question", ["特斯拉2030年火星基地的预算是多少", "如何烹饪红烧肉",

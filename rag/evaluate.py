@@ -78,6 +78,7 @@ class ConfigResult:
     passage_chars: float = 0.0
     misses: list[str] = field(default_factory=list)
     abstention_curve: list[tuple[float, float, float]] = field(default_factory=list)
+    per_question: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def load_questions(path: Path, split: str | None = None) -> list[Question]:
@@ -154,6 +155,33 @@ def _mean(values: list[float]) -> float:
     return float(statistics.fmean(values)) if values else 0.0
 
 
+BOOTSTRAP_RESAMPLES = 2000
+INTERVAL_METRICS = ("hit@5", "mrr@10")
+
+
+def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of per-question ``values`` (fixed seed: reruns agree)."""
+    import numpy as np
+
+    if not values:
+        return 0.0, 0.0
+    data = np.asarray(values, dtype=float)
+    draws = np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))
+    means = data[draws].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def metric_interval(result: ConfigResult, metric: str, against: ConfigResult | None = None) -> tuple[float, float]:
+    """Bootstrap interval of ``metric`` over the answerable questions; with ``against``, of the paired
+    difference ``result - against`` on the same questions (an interval above 0 means ``result`` leads
+    beyond what resampling the questions explains)."""
+    ids = sorted(result.per_question)
+    values = [result.per_question[q][metric] - (against.per_question[q][metric] if against else 0.0)
+              for q in ids if against is None or q in against.per_question]
+    return bootstrap_interval(values)
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile (``fraction`` in 0..1); 0 for no values."""
     if not values:
@@ -218,6 +246,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     result.latency_ms = {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)}
     result.passage_chars = _mean([float(n) for n in passage_lengths])
     result.misses = [q.id for q in answerable if per_question.get(q.id, {}).get("hit@5", 0.0) == 0.0]
+    result.per_question = {q.id: per_question[q.id] for q in answerable if q.id in per_question}
     result.abstention_curve = _abstention_curve(probabilities, abstained, answerable, unanswerable)
     if progress:
         progress(f"{config.name}: hit@5={result.metrics['hit@5']:.3f} mrr@10={result.metrics['mrr@10']:.3f}")
@@ -297,6 +326,22 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
     for r in results:
         lines.append(_row([r.name] + [f"{r.by_report.get(rep, {}).get('hit@5', 0):.2f} / "
                                       f"{r.by_report.get(rep, {}).get('mrr@10', 0):.2f}" for rep in reports]))
+    lines += ["", "## Uncertainty (95% bootstrap over the answerable questions)", "",
+              "A split of a few dozen questions moves MRR by a few hundredths when one question moves; "
+              "these intervals show how far. The last columns resample the default configuration's lead "
+              "over each configuration question by question.", ""]
+    default = next((r for r in results if r.name == "default"), None)
+    lines += [_row(["config", "Hit@5", "MRR@10", "default − config: Hit@5", "default − config: MRR@10"]),
+              _row(["---"] * 5)]
+    for r in results:
+        cells = [f"{r.metrics.get(m, 0):.3f} [{lo:.3f}, {hi:.3f}]"
+                 for m in INTERVAL_METRICS for lo, hi in [metric_interval(r, m)]]
+        if default is not None and r is not default:
+            cells += [f"{default.metrics.get(m, 0) - r.metrics.get(m, 0):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                      for m in INTERVAL_METRICS for lo, hi in [metric_interval(default, m, r)]]
+        else:
+            cells += ["", ""]
+        lines.append(_row([r.name] + cells))
     lines += ["", "## Abstention trade-off (varying the answerability model's bar)", ""]
     for r in results:
         if r.name != "default":
@@ -338,6 +383,7 @@ def plot_chart(results: list[ConfigResult], path: Path) -> None:
 def results_json(results: list[ConfigResult]) -> dict:
     """Numbers for scripts (``rag eval --json``)."""
     return {r.name: {"metrics": r.metrics, "by_type": r.by_type, "by_report": r.by_report,
-                     "latency_ms": r.latency_ms, "passage_chars": r.passage_chars, "misses": r.misses}
+                     "latency_ms": r.latency_ms, "passage_chars": r.passage_chars, "misses": r.misses,
+                     "intervals": {m: metric_interval(r, m) for m in INTERVAL_METRICS}}
             for r in results}
 

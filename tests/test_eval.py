@@ -73,6 +73,21 @@ def test_ranx_glue_on_tiny_rankings():
     assert scores["none"]["hit@10"] == 0.0 and scores["none"]["mrr@10"] == 0.0
 
 
+def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
+    from rag.evaluate import ConfigResult, bootstrap_interval, metric_interval
+
+    values = [1.0] * 60 + [0.5] * 10 + [0.0] * 5
+    low, high = bootstrap_interval(values)
+    assert low < sum(values) / len(values) < high
+    assert (low, high) == bootstrap_interval(values)  # fixed seed
+    assert bootstrap_interval([0.7] * 20) == pytest.approx((0.7, 0.7))
+    better = ConfigResult("a", per_question={str(i): {"mrr@10": 1.0} for i in range(30)})
+    worse = ConfigResult("b", per_question={str(i): {"mrr@10": 0.5 if i % 3 else 1.0} for i in range(30)})
+    lead_low, _ = metric_interval(better, "mrr@10", worse)
+    assert lead_low > 0  # a lead on every third question is not resampling noise
+    assert metric_interval(better, "mrr@10", better) == (0.0, 0.0)
+
+
 def test_load_questions_rejects_a_bad_file(tmp_path):
     from rag.errors import RagError
 
@@ -98,3 +113,7 @@ def test_rag_eval_runs_end_to_end_on_a_subset(seed_qa, tmp_path):
     assert written == [".md", ".png"]
     report = next(Path(out).glob("*.md")).read_text(encoding="utf-8")
     assert "| default |" in report and "| recipe |" in report
+    assert "95% bootstrap" in report
+    for config in numbers.values():
+        low, high = config["intervals"]["mrr@10"]
+        assert low <= config["metrics"]["mrr@10"] <= high

@@ -59,6 +59,7 @@ def tune_chunks(questions) -> None:
 
 # Leave a margin under the 5% false-abstention goal: the bar is set on dev, unseen questions drift.
 FALSE_ABSTAIN_BUDGET = 0.04
+CAUTION_REACH = 0.8
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 5000,
@@ -157,6 +158,11 @@ def tune_abstention(questions) -> None:
     model.threshold = round(float(answerable[allowed]) + 1e-3, 3)
     print(f"\nthreshold (false abstentions <= {FALSE_ABSTAIN_BUDGET:.0%} on dev): {model.threshold}")
     print(model)
+    bars = [bar for bar in np.arange(0.05, model.threshold, 0.05)
+            if np.mean(probability[y == 1] >= bar) >= CAUTION_REACH]
+    if bars:
+        print(f"caution bar (refuses or flags >= {CAUTION_REACH:.0%} of dev's unanswerable questions): "
+              f"{max(bars):.2f}, flagging {np.mean(probability[y == 0] >= max(bars)):.3f} of the answerable")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from .retrieve import Hit, coverage, query_terms
 from .textnorm import fold, squeeze
 
 NOT_FOUND = "在报告中未找到相关内容"
+CAUTION = "提示：报告中可能没有直接回答这个问题的内容，以下摘录仅供参考，请核对引文。"
 
 
 @dataclass
@@ -27,10 +28,16 @@ class AbstentionSettings:
 
     With dense scores (hybrid and dense search) the answerability model decides (see
     ``rag.answerability``); without them (BM25 only) the best hit must cover enough of the question.
+    Below the model's refusal bar but at or above ``caution`` the answer is given with ``CAUTION``:
+    the answerability model cannot tell a near-miss from a real answer well enough to refuse more
+    often without refusing real answers (see the trade-off in the eval report), but it can warn.
+    The bar is the highest that refuses or flags at least 80% of the dev split's unanswerable questions
+    (``python eval/tune.py abstention`` prints it).
     """
 
     model: AnswerabilityModel = field(default_factory=AnswerabilityModel)
     min_coverage: float = 0.6
+    caution: float = 0.25
 
 
 @dataclass
@@ -40,6 +47,8 @@ class Answer:
     text: str
     abstained: bool
     sources: list[Hit]
+    unanswerable_probability: float | None = None
+    caution: bool = False
 
 
 def unanswerable_probability(query: str, hits: list[Hit], settings: AbstentionSettings,
@@ -57,12 +66,6 @@ def refuses(probability: float | None, hits: list[Hit], settings: AbstentionSett
     if probability is None:
         return max(h.coverage for h in hits) < settings.min_coverage
     return probability >= settings.model.threshold
-
-
-def should_abstain(query: str, hits: list[Hit], settings: AbstentionSettings,
-                   idf: Callable[[str], float]) -> bool:
-    """True when the hits look unrelated to the question or only talk around what it asks."""
-    return refuses(unanswerable_probability(query, hits, settings, idf), hits, settings)
 
 
 @dataclass
@@ -118,8 +121,9 @@ def compose_answer(query: str, hits: list[Hit], idf: Callable[[str], float],
                    max_passages: int = 3) -> Answer:
     """Pick the sentences of the top passages that cover the question best, with markers."""
     settings = settings or AbstentionSettings()
-    if should_abstain(query, hits, settings, idf):
-        return Answer(NOT_FOUND, True, [])
+    probability = unanswerable_probability(query, hits, settings, idf)
+    if refuses(probability, hits, settings):
+        return Answer(NOT_FOUND, True, [], probability)
     terms = query_terms(query)
     candidates = []
     seen: set[str] = set()
@@ -141,7 +145,8 @@ def compose_answer(query: str, hits: list[Hit], idf: Callable[[str], float],
         if position not in used:
             used.append(position)
         parts.append(f"{sentence}[{used.index(position) + 1}]")
-    return Answer("".join(parts), False, [hits[p] for p in used])
+    return Answer("".join(parts), False, [hits[p] for p in used], probability,
+                  caution=probability is not None and probability >= settings.caution)
 
 
 def format_sources(sources: list[Hit]) -> list[str]:

@@ -44,16 +44,16 @@ class AnswerabilityModel:
     """Logistic model over ``FEATURES`` (standardised with ``means``/``scales``) and its refusal bar."""
 
     weights: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": -1.39, "window_support": -0.68, "sentence_coverage": 1.221, "asks_quantity": 1.626,
-        "score_gap": 0.047})
+        "best_sentence": -1.385, "window_support": -0.76, "sentence_coverage": 1.219, "asks_quantity": 1.61,
+        "score_gap": 0.078})
     means: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": 0.5887, "window_support": 0.4994, "sentence_coverage": 0.4549, "asks_quantity": 0.513,
-        "score_gap": 4.5274})
+        "best_sentence": 0.5887, "window_support": 0.5079, "sentence_coverage": 0.462, "asks_quantity": 0.513,
+        "score_gap": 4.5312})
     scales: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": 0.0967, "window_support": 0.2521, "sentence_coverage": 0.2363, "asks_quantity": 0.4998,
-        "score_gap": 2.3681})
-    bias: float = -2.505
-    threshold: float = 0.445
+        "best_sentence": 0.0967, "window_support": 0.2538, "sentence_coverage": 0.2369, "asks_quantity": 0.4998,
+        "score_gap": 2.3631})
+    bias: float = -2.494
+    threshold: float = 0.465
 
     def probability(self, features: dict[str, float]) -> float:
         """Probability that the question is not answered by the passages."""

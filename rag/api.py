@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answer import AbstentionSettings, compose_answer, format_sources
+from .answer import CAUTION, AbstentionSettings, compose_answer, format_sources
 from .answerability import TOP_PASSAGES
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
@@ -66,11 +66,15 @@ class AskResult(SearchResult):
     answer: str = ""
     abstained: bool = False
     sources: list[Hit] = field(default_factory=list)
+    caution: bool = False
+    unanswerable_probability: float | None = None
 
     def to_json(self) -> dict:
-        """Search JSON plus ``answer``, ``abstained`` and the cited ``sources``."""
+        """Search JSON plus ``answer``, ``abstained``, ``caution``, ``unanswerable_probability`` and the
+        cited ``sources``."""
         payload = super().to_json()
-        payload.update({"answer": self.answer, "abstained": self.abstained,
+        payload.update({"answer": self.answer, "abstained": self.abstained, "caution": self.caution,
+                        "unanswerable_probability": self.unanswerable_probability,
                         "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
                                     for n, h in enumerate(self.sources, start=1)]})
         return payload
@@ -79,7 +83,7 @@ class AskResult(SearchResult):
         """Answer and numbered sources as plain text."""
         if self.error:
             return self.error
-        lines = [self.answer]
+        lines = [CAUTION, self.answer] if self.caution else [self.answer]
         if self.sources:
             lines += ["", "来源："] + format_sources(self.sources)
         return "\n".join(lines)
@@ -211,7 +215,8 @@ class ReportQA:
         answer = compose_answer(clean_query(query)[0], found.hits, self.retriever.idf, self.settings.abstention,
                                 max_passages=min(3, top_k))
         return AskResult(query=found.query, hits=found.hits[:top_k], warning=found.warning, answer=answer.text,
-                         abstained=answer.abstained, sources=answer.sources)
+                         abstained=answer.abstained, sources=answer.sources, caution=answer.caution,
+                         unanswerable_probability=answer.unanswerable_probability)
 
     def cite(self, citation: str) -> CitationView:
         """Look up a citation ID."""

@@ -235,6 +235,11 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         result.metrics["multi_evidence_recall@5"] = _mean(recalls)
     result.metrics["abstain"] = _mean([float(abstained[q.id]) for q in unanswerable]) if unanswerable else 0.0
     result.metrics["false_abstain"] = _mean([float(abstained[q.id]) for q in answerable])
+    # The softer level: answered, but with the caution note (rag.answer.CAUTION).
+    flagged = {qid: not abstained[qid] and p is not None and p >= settings.caution for qid, p in probabilities.items()}
+    result.metrics["abstain_or_caution"] = (_mean([float(abstained[q.id] or flagged[q.id]) for q in unanswerable])
+                                            if unanswerable else 0.0)
+    result.metrics["caution_answerable"] = _mean([float(flagged[q.id]) for q in answerable])
     for kind in TYPES:
         group = [q for q in questions if q.type == kind]
         if group:
@@ -349,6 +354,11 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
         lines += [_row(["refuse when P(unanswerable) ≥", "abstain on unanswerable", "false abstain on answerable"]),
                   _row(["---"] * 3)]
         lines += [_row([f"{t:.2f}", f"{a:.2f}", f"{f:.2f}"]) for t, a, f in r.abstention_curve]
+        m = r.metrics
+        lines += ["", "Between the caution bar and the refusal bar the answer is given with a caution note "
+                  "(`rag.answer.CAUTION`). Refused or cautioned: "
+                  f"{m.get('abstain_or_caution', 0):.2f} of the unanswerable questions; cautioned: "
+                  f"{m.get('caution_answerable', 0):.2f} of the answerable ones (still answered)."]
     lines += ["", "## Missed at 5", ""]
     for r in results:
         lines.append(f"- {r.name}: {', '.join(r.misses) or 'none'}")

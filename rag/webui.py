@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
+from .answer import CAUTION  # noqa: E402
 from .api import MAX_UPLOAD_BYTES, AskResult, ReportQA, safe_file_name  # noqa: E402
 from .cite import CITATION, CitationView  # noqa: E402
 from .errors import RagError  # noqa: E402
@@ -58,6 +59,7 @@ CSS = """
 .rag-answer-text { font-size: 1.02em; white-space: pre-wrap; tab-size: 4; }
 .rag-marker { color: var(--color-accent); font-weight: 600; }
 .rag-note { font-size: .85em; color: var(--body-text-color-subdued); margin-top: .3em; }
+.rag-caution { color: inherit; background: #fff7e6; border-left: 3px solid #fa8c16; padding: .2em .5em; }
 .rag-sources { margin-top: .7em; padding-top: .4em; border-top: 1px solid var(--border-color-primary); }
 .rag-sources-title { font-weight: 600; margin-bottom: .2em; }
 .rag-source { margin: .5em 0; padding: .45em .7em; border-left: 3px solid var(--color-accent);
@@ -212,7 +214,10 @@ def answer_html(qa: ReportQA, result: AskResult) -> str:
     """An ``AskResult`` as one chat message: the answer with markers, then the numbered sources."""
     if result.error:
         return f"<div class=\"rag-answer\"><div class=\"rag-error\">{_escape(result.error)}</div></div>"
-    parts = ["<div class=\"rag-answer\">", f"<div class=\"rag-answer-text\">{_marked_answer(result.answer)}</div>"]
+    parts = ["<div class=\"rag-answer\">"]
+    if result.caution:
+        parts.append(f"<div class=\"rag-note rag-caution\">{_escape(CAUTION)}</div>")
+    parts.append(f"<div class=\"rag-answer-text\">{_marked_answer(result.answer)}</div>")
     if result.warning:
         parts.append(f"<div class=\"rag-note\">{_escape(result.warning)}</div>")
     if result.abstained:

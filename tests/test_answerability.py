@@ -69,3 +69,24 @@ def test_asking_for_fewer_passages_does_not_change_the_decision(seed_qa):
         assert wide.abstained == narrow.abstained, question
         assert len(narrow.hits) == 1
         assert all(source.citation == narrow.hits[0].citation for source in narrow.sources)
+
+
+def test_a_near_miss_below_the_refusal_bar_is_answered_with_a_caution(seed_qa):
+    # The reports describe the H200 but never price it: too close to a real answer to refuse,
+    # close enough to the bar to warn.
+    from rag.answer import CAUTION
+
+    result = seed_qa.ask("英伟达H200单卡售价大概多少美元？")
+    settings = seed_qa.settings.abstention
+    assert not result.abstained
+    assert result.unanswerable_probability is not None
+    assert settings.caution <= result.unanswerable_probability < settings.model.threshold
+    assert result.caution and result.render().startswith(CAUTION)
+    payload = result.to_json()
+    assert payload["caution"] is True and payload["unanswerable_probability"] == result.unanswerable_probability
+
+
+def test_a_clear_answer_carries_no_caution(seed_qa):
+    result = seed_qa.ask("GPT-3的参数量是多少")
+    assert not result.abstained and not result.caution
+    assert "提示" not in result.render()

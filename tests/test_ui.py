@@ -152,6 +152,16 @@ def test_answer_html_has_sources_context_and_marks(seed_qa):
     assert result.sources[0].citation in page and result.sources[0].document.label in page
 
 
+def test_caution_note_shows_above_a_cautious_answer(seed_qa):
+    from rag.answer import CAUTION
+
+    cautious = seed_qa.ask("英伟达H200单卡售价大概多少美元？")
+    assert cautious.caution
+    page = webui.answer_html(seed_qa, cautious)
+    assert page.index(CAUTION) < page.index("rag-answer-text")
+    assert CAUTION not in webui.answer_html(seed_qa, seed_qa.ask("GPT-3的参数量是多少"))
+
+
 def test_also_in_is_listed(seed_qa):
     # The two 浙商证券 files are near-copies: their shared passages are folded into one hit.
     # Whether a cited passage has a folded copy depends on ranking, so one of several such questions must.

@@ -240,6 +240,9 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     result.metrics["abstain_or_caution"] = (_mean([float(abstained[q.id] or flagged[q.id]) for q in unanswerable])
                                             if unanswerable else 0.0)
     result.metrics["caution_answerable"] = _mean([float(flagged[q.id]) for q in answerable])
+    auc = separation_auc([probabilities[q.id] for q in unanswerable], [probabilities[q.id] for q in answerable])
+    if auc is not None:
+        result.metrics["abstain_auc"] = auc
     for kind in TYPES:
         group = [q for q in questions if q.type == kind]
         if group:
@@ -256,6 +259,17 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     if progress:
         progress(f"{config.name}: hit@5={result.metrics['hit@5']:.3f} mrr@10={result.metrics['mrr@10']:.3f}")
     return result
+
+
+def separation_auc(positive: Sequence[float | None], negative: Sequence[float | None]) -> float | None:
+    """ROC AUC: the chance that a random unanswerable question gets a higher P(unanswerable) than a random
+    answerable one (ties count half). Independent of where the refusal bar sits; None without probabilities."""
+    pos = [p for p in positive if p is not None]
+    neg = [n for n in negative if n is not None]
+    if not pos or not neg:
+        return None
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
 
 
 def _abstention_curve(probabilities: dict[str, float | None], abstained: dict[str, bool],
@@ -347,7 +361,15 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
         else:
             cells += ["", ""]
         lines.append(_row([r.name] + cells))
-    lines += ["", "## Abstention trade-off (varying the answerability model's bar)", ""]
+    lines += ["", "## Abstention trade-off (varying the answerability model's bar)", "",
+              "How well each configuration's hits let the answerability model separate unanswerable from "
+              "answerable questions, whatever the bar (ROC AUC; 0.5 is chance; bm25 has no model):", "",
+              _row(["config", "AUC", "abstain at the bar", "false abstain at the bar"]), _row(["---"] * 4)]
+    for r in results:
+        if "abstain_auc" in r.metrics:
+            lines.append(_row([r.name, f"{r.metrics['abstain_auc']:.3f}", f"{r.metrics['abstain']:.3f}",
+                               f"{r.metrics['false_abstain']:.3f}"]))
+    lines += ["", "The default configuration's curve:", ""]
     for r in results:
         if r.name != "default":
             continue

@@ -88,6 +88,15 @@ def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
     assert metric_interval(better, "mrr@10", better) == (0.0, 0.0)
 
 
+def test_separation_auc():
+    from rag.evaluate import separation_auc
+
+    assert separation_auc([0.9, 0.8], [0.1, 0.2, 0.3]) == 1.0
+    assert separation_auc([0.1], [0.9]) == 0.0
+    assert separation_auc([0.5, 0.9], [0.5, 0.1]) == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    assert separation_auc([None], [0.2]) is None  # bm25: no model, no AUC
+
+
 def test_load_questions_rejects_a_bad_file(tmp_path):
     from rag.errors import RagError
 
@@ -113,7 +122,7 @@ def test_rag_eval_runs_end_to_end_on_a_subset(seed_qa, tmp_path):
     assert written == [".md", ".png"]
     report = next(Path(out).glob("*.md")).read_text(encoding="utf-8")
     assert "| default |" in report and "| recipe |" in report
-    assert "95% bootstrap" in report
+    assert "95% bootstrap" in report and "| AUC |" in report
     for config in numbers.values():
         low, high = config["intervals"]["mrr@10"]
         assert low <= config["metrics"]["mrr@10"] <= high

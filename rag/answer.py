@@ -3,8 +3,8 @@
 No generative model is involved: every sentence of an answer is copied from a passage and
 followed by the marker of that passage ([1], [2] …). A table row is copied cell by cell, each cell
 after its column name (``参数量（GPT-1：1.2亿；…）``), because a bare row of numbers does not say
-which number belongs to what. When the retrieved passages do not look
-relevant the answer abstains with ``NOT_FOUND``.
+which number belongs to what. When the retrieved passages do not look relevant the answer abstains
+with ``NOT_FOUND``; when they might only talk around the question it comes with ``CAUTION``.
 """
 
 from __future__ import annotations
@@ -101,10 +101,10 @@ def _answer_units(hit: Hit) -> list[AnswerUnit]:
     text = hit.chunk.text
     if hit.chunk.kind != "table":
         return [AnswerUnit(text[a:b], text[a:b], text[a:b]) for a, b in sentence_spans(text)]
-    context_lines = [line.strip("\n") for line in hit.chunk.table_header.split("\n") if line.strip()]
+    context_lines = [line for line in hit.chunk.table_header.split("\n") if line.strip()]
     header = context_lines[-1] if context_lines else ""
-    rows = [line for line in text.split("\n")
-            if line.strip() and line.strip() not in {c.strip() for c in context_lines}]
+    context = {line.strip() for line in context_lines}
+    rows = [line for line in text.split("\n") if line.strip() and line.strip() not in context]
     return [AnswerUnit(row.strip(), quote_row(header, row), f"{header}\t{row}") for row in rows]
 
 

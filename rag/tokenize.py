@@ -33,7 +33,7 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:[\-_.+/][a-z0-9]+)*|[\u3400-\u9fff\uf900-\ufaf
 _SEPARATOR = re.compile(r"[\-_+/]")
 _VERSION = re.compile(r"v?\d+(?:\.\d+)+")
 # Bump when tokens() changes: the BM25 index must be rebuilt with the new tokens.
-TOKENIZER_VERSION = 2
+TOKENIZER_VERSION = 3
 
 
 @lru_cache(maxsize=1)
@@ -80,8 +80,8 @@ def tokens(text: str) -> list[str]:
         if name and _VERSION.fullmatch(piece) and folded[name_end:match.start()].strip() == "":
             result.append(name + piece)
         if _CJK_RUN.fullmatch(piece):
-            words = list(jieba.cut(piece))
-            name = words[-1]
+            last = list(jieba.cut(piece))[-1]
+            name = "" if last in stop else last  # "增长了3.5倍": 了 names nothing
             for word in jieba.cut_for_search(piece):
                 if word not in stop:
                     result.append(word)

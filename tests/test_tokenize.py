@@ -20,8 +20,10 @@ def test_name_before_a_version_is_also_one_token(text, joined):
     assert all(part in found for part in (joined.rstrip("0123456789.v"), joined[len(joined.rstrip("0123456789.v")):]))
 
 
-def test_a_version_after_punctuation_is_not_joined():
-    assert not any(t.endswith("1.0") and t != "1.0" for t in tokens("浪潮，1.0 版本"))
+@pytest.mark.parametrize("text", ["浪潮，1.0 版本", "收入增长了3.5倍"])
+def test_a_number_after_punctuation_or_a_stopword_is_not_joined(text):
+    number = "1.0" if "1.0" in text else "3.5"
+    assert not any(t.endswith(number) and t != number for t in tokens(text))
 
 
 @pytest.mark.parametrize("word", ["参数量", "大模型", "英伟达", "智算中心"])

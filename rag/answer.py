@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .answerability import AnswerabilityModel, features
 from .chunking import sentence_spans
 from .retrieve import Hit, coverage, query_terms
+from .tables import quote_row
 from .textnorm import fold, squeeze
 
 NOT_FOUND = "在报告中未找到相关内容"
@@ -75,25 +76,6 @@ class AnswerUnit:
     text: str
     quoted: str
     scored_as: str
-
-
-def quote_row(header: str, row: str) -> str:
-    """A table row made readable on its own: each cell after its column name.
-
-    ``参数量	1.2亿	15.8亿`` under ``	GPT-1	GPT-2`` reads ``参数量（GPT-1：1.2亿；GPT-2：15.8亿）``;
-    under a header that names its first column too, every cell is paired (``企业：浪潮信息；…``).
-    A row whose cells do not line up with the header keeps its cells, separated by `` | ``.
-    """
-    names = [cell.strip() for cell in header.split("\t")]
-    cells = [cell.strip() for cell in row.split("\t")]
-    if len(names) == len(cells) - 1:  # the header's empty corner cell above the row labels was trimmed
-        names = ["", *names]
-    if len(names) != len(cells) or len(cells) < 2:
-        return " | ".join(cell for cell in cells if cell)
-    pairs = [f"{name}：{cell}" for name, cell in zip(names[1:], cells[1:], strict=True) if cell]
-    if names[0]:
-        return "；".join([f"{names[0]}：{cells[0]}"] * bool(cells[0]) + pairs)
-    return f"{cells[0]}（{'；'.join(pairs)}）" if cells[0] else "；".join(pairs)
 
 
 def _answer_units(hit: Hit) -> list[AnswerUnit]:

@@ -193,12 +193,13 @@ def test_table_row_is_quoted_with_its_column_names(seed_qa):
 
 
 def test_quote_row_pairs_cells_with_column_names():
-    from rag.answer import quote_row
+    from rag.tables import quote_row
 
     assert quote_row("GPT-1\tGPT-2", "参数量\t1.2亿\t15.8亿") == "参数量（GPT-1：1.2亿；GPT-2：15.8亿）"
     assert quote_row("企业\t大模型\t大参数", "浪潮信息\t源 1.0\t245.7亿") == \
         "企业：浪潮信息；大模型：源 1.0；大参数：245.7亿"
     assert quote_row("\t供应商\t型号", "\t寒武纪\t思元290") == "供应商：寒武纪；型号：思元290"  # merged first cell
+    assert quote_row("A\tB\tC", "x\ty") == "A：x；B：y"  # the row's empty trailing cell was trimmed
     assert quote_row("A\tB", "x\ty\tz\tw") == "x | y | z | w"  # cells that do not line up stay as they are
 
 

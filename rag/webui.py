@@ -59,7 +59,8 @@ CSS = """
 .rag-answer-text { font-size: 1.02em; white-space: pre-wrap; tab-size: 4; }
 .rag-marker { color: var(--color-accent); font-weight: 600; }
 .rag-note { font-size: .85em; color: var(--body-text-color-subdued); margin-top: .3em; }
-.rag-caution { color: inherit; background: rgba(250, 140, 22, .12); border-left: 3px solid #fa8c16; padding: .2em .5em; }
+.rag-caution { color: inherit; background: rgba(250, 140, 22, .12); border-left: 3px solid #fa8c16;
+               padding: .2em .5em; }
 .rag-sources { margin-top: .7em; padding-top: .4em; border-top: 1px solid var(--border-color-primary); }
 .rag-sources-title { font-weight: 600; margin-bottom: .2em; }
 .rag-source { margin: .5em 0; padding: .45em .7em; border-left: 3px solid var(--color-accent);

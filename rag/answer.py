@@ -99,9 +99,12 @@ def _leftover(sentence: str, terms: list[str]) -> str:
 
 
 def compose_answer(query: str, hits: list[Hit], idf: Callable[[str], float],
-                   settings: AbstentionSettings | None = None, max_sentences: int = 3,
+                   settings: AbstentionSettings | None = None, max_sentences: int = 4,
                    max_passages: int = 3) -> Answer:
-    """Pick the sentences of the top passages that cover the question best, with markers."""
+    """Pick the sentences of the top passages that cover the question best, with markers.
+
+    Four sentences (about 250 characters): on dev, three stated 74% of the reference answers' numbers
+    and four 78%, five 80% at 300 characters (``rag eval``, "Extractive answers")."""
     settings = settings or AbstentionSettings()
     probability = unanswerable_probability(query, hits, settings, idf)
     if refuses(probability, hits, settings):

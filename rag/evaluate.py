@@ -17,18 +17,19 @@ from ranx; abstention is judged with the same rule ``rag ask`` uses.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .answer import refuses, unanswerable_probability
+from .answer import compose_answer, refuses, unanswerable_probability
 from .api import ReportQA, Settings
 from .chunking import ChunkerSettings
 from .errors import RagError
 from .retrieve import Hit
-from .textnorm import squeeze
+from .textnorm import fold, squeeze
 
 TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
 RANX_METRICS = ["hit_rate@1", "hit_rate@3", "hit_rate@5", "hit_rate@10", "mrr@10", "ndcg@10"]
@@ -182,6 +183,14 @@ def metric_interval(result: ConfigResult, metric: str, against: ConfigResult | N
     return bootstrap_interval(values)
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def numbers_in(text: str) -> set[str]:
+    """The numbers written in ``text`` (thousands separators dropped: "3,958" is 3958)."""
+    return set(_NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3})", "", fold(text))))
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile (``fraction`` in 0..1); 0 for no values."""
     if not values:
@@ -200,6 +209,9 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     abstained: dict[str, bool] = {}
     probabilities: dict[str, float | None] = {}
     best_signals: dict[str, list[Hit]] = {}
+    answer_cites: dict[str, float] = {}
+    answer_numbers: dict[str, float] = {}
+    answer_lengths: list[float] = []
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
     config.qa.retriever.clear_cache()
     settings, idf = config.qa.settings.abstention, config.qa.retriever.idf
@@ -214,6 +226,13 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         passage_lengths.extend(len(h.chunk.text) for h in hits[:5])
         if question.answerable:
             runs[question.id] = [(h.citation, _relevant_hit(h, question, config.qa)) for h in hits]
+            answer = compose_answer(question.question, hits, idf, settings)
+            answer_cites[question.id] = float(any(_relevant_hit(h, question, config.qa) for h in answer.sources))
+            if not answer.abstained:
+                answer_lengths.append(float(len(re.sub(r"\[\d+\]", "", answer.text))))
+            wanted = numbers_in(question.answer)
+            if wanted:
+                answer_numbers[question.id] = len(wanted & numbers_in(answer.text)) / len(wanted)
     per_question = _ranx_scores(runs)
     answerable = [q for q in questions if q.answerable]
     unanswerable = [q for q in questions if not q.answerable]
@@ -235,6 +254,11 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         result.metrics["multi_evidence_recall@5"] = _mean(recalls)
     result.metrics["abstain"] = _mean([float(abstained[q.id]) for q in unanswerable]) if unanswerable else 0.0
     result.metrics["false_abstain"] = _mean([float(abstained[q.id]) for q in answerable])
+    # The extractive answer `rag ask` would give: does it cite a relevant passage, and does its text
+    # state the numbers of the reference answer?
+    result.metrics["answer_cites_relevant"] = _mean(list(answer_cites.values()))
+    result.metrics["answer_states_numbers"] = _mean(list(answer_numbers.values()))
+    result.metrics["answer_chars"] = _mean(answer_lengths)
     # The softer level: answered, but with the caution note (rag.answer.CAUTION).
     flagged = {qid: not abstained[qid] and p is not None and p >= settings.caution for qid, p in probabilities.items()}
     result.metrics["abstain_or_caution"] = (_mean([float(abstained[q.id] or flagged[q.id]) for q in unanswerable])
@@ -345,6 +369,15 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
     for r in results:
         lines.append(_row([r.name] + [f"{r.by_report.get(rep, {}).get('hit@5', 0):.2f} / "
                                       f"{r.by_report.get(rep, {}).get('mrr@10', 0):.2f}" for rep in reports]))
+    lines += ["", "## Extractive answers (what `rag ask` would reply)", "",
+              "Cites a relevant passage: share of answerable questions whose answer cites at least one passage "
+              "that contains the evidence. States the numbers: over answerable questions whose reference answer "
+              "has numbers, the share of those numbers written in the answer text.", "",
+              _row(["config", "cites a relevant passage", "states the reference numbers", "answer chars"]),
+              _row(["---"] * 4)]
+    lines += [_row([r.name, f"{r.metrics.get('answer_cites_relevant', 0):.3f}",
+                    f"{r.metrics.get('answer_states_numbers', 0):.3f}", f"{r.metrics.get('answer_chars', 0):.0f}"])
+              for r in results]
     lines += ["", "## Uncertainty (95% bootstrap over the answerable questions)", "",
               "A split of a few dozen questions moves MRR by a few hundredths when one question moves; "
               "these intervals show how far. The last columns resample the default configuration's lead "

@@ -88,6 +88,13 @@ def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
     assert metric_interval(better, "mrr@10", better) == (0.0, 0.0)
 
 
+def test_numbers_in_reads_separators_and_full_width_digits():
+    from rag.evaluate import numbers_in
+
+    assert numbers_in("H100 NVL 为 3,958 TFLOPS，约１７５０亿参数") == {"100", "3958", "1750"}
+    assert numbers_in("增长 12.5%") == {"12.5"}
+
+
 def test_separation_auc():
     from rag.evaluate import separation_auc
 
@@ -122,7 +129,10 @@ def test_rag_eval_runs_end_to_end_on_a_subset(seed_qa, tmp_path):
     assert written == [".md", ".png"]
     report = next(Path(out).glob("*.md")).read_text(encoding="utf-8")
     assert "| default |" in report and "| recipe |" in report
-    assert "95% bootstrap" in report and "| AUC |" in report
+    assert "95% bootstrap" in report and "| AUC |" in report and "Extractive answers" in report
+    for name in ("answer_cites_relevant", "answer_states_numbers"):
+        assert 0.0 <= numbers["default"]["metrics"][name] <= 1.0
+    assert numbers["default"]["metrics"]["answer_chars"] > 0
     for config in numbers.values():
         low, high = config["intervals"]["mrr@10"]
         assert low <= config["metrics"]["mrr@10"] <= high

@@ -80,11 +80,10 @@ def tokens(text: str) -> list[str]:
         if name and _VERSION.fullmatch(piece) and folded[name_end:match.start()].strip() == "":
             result.append(name + piece)
         if _CJK_RUN.fullmatch(piece):
-            last = list(jieba.cut(piece))[-1]
-            name = "" if last in stop else last  # "增长了3.5倍": 了 names nothing
-            for word in jieba.cut_for_search(piece):
-                if word not in stop:
-                    result.append(word)
+            words = list(jieba.cut_for_search(piece))
+            # Search mode ends with the run's last whole word; "增长了3.5倍": 了 names nothing.
+            name = "" if words[-1] in stop else words[-1]
+            result.extend(word for word in words if word not in stop)
         else:
             name = piece
             result.append(piece)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .answer import compose_answer, refuses, unanswerable_probability
+from .answer import compose_answer
 from .api import ReportQA, Settings
 from .chunking import ChunkerSettings
 from .errors import RagError
@@ -208,6 +208,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     passage_lengths: list[int] = []
     abstained: dict[str, bool] = {}
     probabilities: dict[str, float | None] = {}
+    cautioned: dict[str, bool] = {}
     best_signals: dict[str, list[Hit]] = {}
     answer_cites: dict[str, float] = {}
     answer_numbers: dict[str, float] = {}
@@ -221,13 +222,16 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         latencies.append((time.perf_counter() - began) * 1000)
         hits = found.hits
         best_signals[question.id] = hits
-        probabilities[question.id] = unanswerable_probability(question.question, hits, settings, idf)
-        abstained[question.id] = refuses(probabilities[question.id], hits, settings)
+        # The answer `rag ask` would give, with its abstention decision and caution flag.
+        answer = compose_answer(question.question, hits, idf, settings)
+        probabilities[question.id] = answer.unanswerable_probability
+        abstained[question.id] = answer.abstained
+        cautioned[question.id] = answer.caution
         passage_lengths.extend(len(h.chunk.text) for h in hits[:5])
         if question.answerable:
             runs[question.id] = [(h.citation, _relevant_hit(h, question, config.qa)) for h in hits]
-            answer = compose_answer(question.question, hits, idf, settings)
-            answer_cites[question.id] = float(any(_relevant_hit(h, question, config.qa) for h in answer.sources))
+            relevant = dict(runs[question.id])
+            answer_cites[question.id] = float(any(relevant[h.citation] for h in answer.sources))
             if not answer.abstained:
                 answer_lengths.append(float(len(re.sub(r"\[\d+\]", "", answer.text))))
             wanted = numbers_in(question.answer)
@@ -260,10 +264,9 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     result.metrics["answer_states_numbers"] = _mean(list(answer_numbers.values()))
     result.metrics["answer_chars"] = _mean(answer_lengths)
     # The softer level: answered, but with the caution note (rag.answer.CAUTION).
-    flagged = {qid: not abstained[qid] and p is not None and p >= settings.caution for qid, p in probabilities.items()}
-    result.metrics["abstain_or_caution"] = (_mean([float(abstained[q.id] or flagged[q.id]) for q in unanswerable])
+    result.metrics["abstain_or_caution"] = (_mean([float(abstained[q.id] or cautioned[q.id]) for q in unanswerable])
                                             if unanswerable else 0.0)
-    result.metrics["caution_answerable"] = _mean([float(flagged[q.id]) for q in answerable])
+    result.metrics["caution_answerable"] = _mean([float(cautioned[q.id]) for q in answerable])
     auc = separation_auc([probabilities[q.id] for q in unanswerable], [probabilities[q.id] for q in answerable])
     if auc is not None:
         result.metrics["abstain_auc"] = auc

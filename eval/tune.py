@@ -4,6 +4,7 @@
     python eval/tune.py chunks       # builds one index per setting under index/sweep/
     python eval/tune.py rerank       # fits the second stage; prints defaults for rag/second_stage.py
     python eval/tune.py abstention   # fits the answerability model; prints defaults for rag/answerability.py
+    python eval/tune.py answers      # answer metrics for 3, 4 and 5 quoted sentences (rag.answer.ANSWER_SENTENCES)
 
 Query vectors are cached inside the retriever and passage embeddings by content, so each extra
 setting costs little beyond what actually changes.
@@ -27,6 +28,7 @@ FUSION_GRID = [("rrf", 1, 0, 1, 0), ("rrf", 1, 0.5, 1, 0), ("rrf", 1, 1, 1, 0),
                ("score", 1, 0.5, 0.3, 0.1), ("score", 1, 0.5, 0.3, 0.2), ("score", 1, 1, 0.3, 0.2),
                ("score", 1, 0.5, 0.5, 0.1)]
 CHUNK_GRID = [(250, 60), (350, 80), (450, 100), (350, 0)]
+ANSWER_SENTENCE_GRID = (3, 4, 5)
 
 
 def _report(label: str, qa: ReportQA, questions) -> None:
@@ -165,15 +167,26 @@ def tune_abstention(questions) -> None:
               f"{max(bars):.2f}, flagging {np.mean(probability[y == 0] >= max(bars)):.3f} of the answerable")
 
 
+def tune_answers(questions) -> None:
+    """One line per answer length: what the extractive answer cites and states, and how long it is."""
+    qa = ReportQA()
+    print("sentences | cites a relevant passage, states the reference numbers, answer chars")
+    for sentences in ANSWER_SENTENCE_GRID:
+        qa.settings.answer_sentences = sentences
+        m = evaluate_configuration(Configuration("default", "hybrid", qa), questions).metrics
+        print(f"{sentences:9} | {m['answer_cites_relevant']:.3f} {m['answer_states_numbers']:.3f} "
+              f"{m['answer_chars']:.0f}")
+
+
 def main() -> None:
     """Parse arguments and run one sweep."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["fusion", "chunks", "rerank", "abstention"])
+    parser.add_argument("what", choices=["fusion", "chunks", "rerank", "abstention", "answers"])
     parser.add_argument("--questions", type=Path, default=Path("eval/questions.jsonl"))
     args = parser.parse_args()
     questions = load_questions(args.questions, "dev")
     {"fusion": tune_fusion, "chunks": tune_chunks, "rerank": tune_rerank,
-     "abstention": tune_abstention}[args.what](questions)
+     "abstention": tune_abstention, "answers": tune_answers}[args.what](questions)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from .tables import quote_row
 from .textnorm import fold, squeeze
 
 NOT_FOUND = "在报告中未找到相关内容"
+# About 250 characters; `python eval/tune.py answers` prints the dev answer metrics for 3, 4 and 5.
+ANSWER_SENTENCES = 4
 CAUTION = "提示：报告中可能没有直接回答这个问题的内容，以下摘录仅供参考，请核对引文。"
 
 
@@ -99,12 +101,9 @@ def _leftover(sentence: str, terms: list[str]) -> str:
 
 
 def compose_answer(query: str, hits: list[Hit], idf: Callable[[str], float],
-                   settings: AbstentionSettings | None = None, max_sentences: int = 4,
+                   settings: AbstentionSettings | None = None, max_sentences: int = ANSWER_SENTENCES,
                    max_passages: int = 3) -> Answer:
-    """Pick the sentences of the top passages that cover the question best, with markers.
-
-    Four sentences (about 250 characters): on dev, three stated 74% of the reference answers' numbers
-    and four 78%, five 80% at 300 characters (``rag eval``, "Extractive answers")."""
+    """Pick the sentences of the top passages that cover the question best, with markers."""
     settings = settings or AbstentionSettings()
     probability = unanswerable_probability(query, hits, settings, idf)
     if refuses(probability, hits, settings):

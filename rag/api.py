@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answer import CAUTION, AbstentionSettings, compose_answer, format_sources
+from .answer import ANSWER_SENTENCES, CAUTION, AbstentionSettings, compose_answer, format_sources
 from .answerability import TOP_PASSAGES
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
@@ -38,6 +38,7 @@ class Settings:
     chunker: ChunkerSettings = field(default_factory=ChunkerSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
     abstention: AbstentionSettings = field(default_factory=AbstentionSettings)
+    answer_sentences: int = ANSWER_SENTENCES
 
 
 @dataclass
@@ -213,7 +214,7 @@ class ReportQA:
         if found.error:
             return AskResult(query=found.query, error=found.error, answer=found.error, abstained=True)
         answer = compose_answer(clean_query(query)[0], found.hits, self.retriever.idf, self.settings.abstention,
-                                max_passages=min(3, top_k))
+                                max_sentences=self.settings.answer_sentences, max_passages=min(3, top_k))
         return AskResult(query=found.query, hits=found.hits[:top_k], warning=found.warning, answer=answer.text,
                          abstained=answer.abstained, sources=answer.sources, caution=answer.caution,
                          unanswerable_probability=answer.unanswerable_probability)

@@ -223,7 +223,8 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         hits = found.hits
         best_signals[question.id] = hits
         # The answer `rag ask` would give, with its abstention decision and caution flag.
-        answer = compose_answer(question.question, hits, idf, settings)
+        answer = compose_answer(question.question, hits, idf, settings,
+                                max_sentences=config.qa.settings.answer_sentences)
         probabilities[question.id] = answer.unanswerable_probability
         abstained[question.id] = answer.abstained
         cautioned[question.id] = answer.caution

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .aliases import AliasTable
 from .dedup import containment, grams, passage_key
 from .embed import Embedder
 from .index import Index, StoredChunk, StoredDocument, lexical_text
@@ -112,6 +113,7 @@ class Retriever:
         self._grams = [grams(passage_key(c.text)) for c in index.chunks]
         self._folded = [fold(c.table_header + c.text).replace(" ", "") for c in index.chunks]
         self._digit_shares = [sum(ch.isdigit() for ch in c.text) / max(1, len(c.text)) for c in index.chunks]
+        self.aliases = AliasTable.mine(c.text for c in index.chunks)
         self._cached_query_vector = lru_cache(maxsize=256)(self._embed_query_uncached)
         self._query_lock = threading.Lock()
         self.idf = lru_cache(maxsize=4096)(self._idf)
@@ -160,8 +162,9 @@ class Retriever:
         return result
 
     def bm25_scores(self, query: str) -> np.ndarray:
-        """BM25 score of the query with every chunk (index order)."""
-        terms = tokens(query)
+        """BM25 score of the query, plus the English names the reports give its Chinese ones
+        (``rag.aliases``), with every chunk (index order)."""
+        terms = tokens(query) + [t for alias in self.aliases.expand(query) for t in tokens(alias)]
         if not terms:
             return np.zeros(len(self.index.chunks), dtype=np.float32)
         return np.asarray(self.index.lexical.get_scores(terms), dtype=np.float32)

@@ -6,7 +6,8 @@ from rag.aliases import AliasTable
 
 
 def test_pairs_are_mined_from_both_orders():
-    table = AliasTable.mine(["图像字幕和视觉问答（VQA）；", "推出AI开源社区“魔搭”（ModelScope）", "Prometheus（普罗米修斯）"])
+    table = AliasTable.mine(["图像字幕和视觉问答（VQA）；", "推出AI开源社区“魔搭”（ModelScope）",
+                             "Prometheus（普罗米修斯）"])
     assert table.pairs == {("图像字幕和视觉问答", "vqa"), ("魔搭", "modelscope"), ("普罗米修斯", "prometheus")}
 
 

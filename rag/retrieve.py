@@ -257,15 +257,16 @@ class Retriever:
                       sentences: np.ndarray | None, lexical: np.ndarray) -> tuple[list[int], np.ndarray]:
         """Re-order the head of the ranking by the learned second stage (``rag.second_stage``)."""
         assert self.fusion.second_stage is not None
-        head = ranked[: self.fusion.rerank_depth]
-        matrix = self._signals(query, terms, head, dense, sentences, lexical)
+        head, matrix = self._head_signals(query, terms, ranked, dense, sentences, lexical)
         return self._reorder(ranked, fused, head, [float(s) for s in self.fusion.second_stage.score(matrix)])
 
-    def _signals(self, query: str, terms: list[str], head: list[int], dense: np.ndarray,
-                 sentences: np.ndarray | None, lexical: np.ndarray) -> np.ndarray:
+    def _head_signals(self, query: str, terms: list[str], ranked: list[int], dense: np.ndarray,
+                      sentences: np.ndarray | None, lexical: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """The head of the ranking the second stage re-scores, and its signal matrix."""
+        head = ranked[: self.fusion.rerank_depth]
         if sentences is None:  # an index without sentence vectors: the passage is its own best sentence
             sentences = dense
-        return signals(fold(query).replace(" ", ""), terms, self.idf, [self._folded[i] for i in head],
+        return head, signals(fold(query).replace(" ", ""), terms, self.idf, [self._folded[i] for i in head],
                        [self._digit_shares[i] for i in head], dense[head].tolist(), sentences[head].tolist(),
                        lexical[head].tolist(),
                        [folded_coverage(terms, self._folded[i]) for i in head])
@@ -277,8 +278,7 @@ class Retriever:
         allowed = np.ones(len(self.index.chunks), dtype=bool)
         ranked, _, dense, lexical, sentences = self._ranking(query, terms, "hybrid", allowed)
         assert dense is not None and lexical is not None
-        head = ranked[: self.fusion.rerank_depth]
-        matrix = self._signals(query, terms, head, dense, sentences, lexical)
+        head, matrix = self._head_signals(query, terms, ranked, dense, sentences, lexical)
         return [self.index.chunks[i] for i in head], matrix
 
     @staticmethod

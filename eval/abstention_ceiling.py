@@ -1,0 +1,59 @@
+"""How far can abstention go with the signals we have? A diagnostic: it selects and changes nothing.
+
+    python eval/abstention_ceiling.py
+
+The answerability model (``rag.answerability``) is fitted on dev and judged on test and holdout. This
+script asks a different question: if the same logistic model were fitted on *every* labelled question
+at once (dev, test and holdout, in-sample, the most optimistic fit there is), what share of the
+unanswerable questions could it refuse while refusing at most 5% of the answerable ones? If even that
+is far below the goal, the gap is in the signals, not in the fitting or the amount of dev data, and
+closing it needs a different kind of signal (a reader or NLI model that checks whether the passage
+states the asked fact).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tune import fit_logistic  # noqa: E402
+
+from rag.answerability import FEATURES, features  # noqa: E402
+from rag.api import ReportQA  # noqa: E402
+from rag.evaluate import load_questions  # noqa: E402
+
+QUESTIONS = Path(__file__).resolve().parent / "questions.jsonl"
+FALSE_ABSTAIN_LIMIT = 0.05
+
+
+def refusal_at_limit(probability: np.ndarray, unanswerable: np.ndarray) -> tuple[float, float]:
+    """Share of unanswerable questions refused at the lowest bar that refuses ≤ 5% of the answerable."""
+    answerable = np.sort(probability[~unanswerable])[::-1]
+    bar = answerable[int(np.floor(FALSE_ABSTAIN_LIMIT * len(answerable)))] + 1e-9
+    return float(np.mean(probability[unanswerable] >= bar)), float(np.mean(probability[~unanswerable] >= bar))
+
+
+def main() -> None:
+    """Fit on all splits in-sample and print the refusal rate at the false-abstention limit."""
+    qa = ReportQA()
+    questions = load_questions(QUESTIONS)
+    rows = [[features(q.question, qa.search(q.question, top_k=10).hits, qa.retriever.idf)[name]
+             for name in FEATURES] for q in questions]
+    x = np.array(rows)
+    unanswerable = np.array([not q.answerable for q in questions])
+    standardised = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-9)
+    print(f"{len(questions)} questions ({int(unanswerable.sum())} unanswerable), features: {', '.join(FEATURES)}")
+    print("l2 | refused (unanswerable) | refused (answerable)   [in-sample, all splits]")
+    for l2 in (0.01, 0.1, 1.0, 10.0):
+        weights, bias = fit_logistic(standardised, unanswerable.astype(float), l2=l2)
+        probability = 1.0 / (1.0 + np.exp(-(standardised @ weights + bias)))
+        refused, false_refused = refusal_at_limit(probability, unanswerable)
+        print(f"{l2:g} | {refused:.3f} | {false_refused:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,10 @@ NOT_FOUND = "在报告中未找到相关内容"
 # About 250 characters; `python eval/tune.py answers` prints the dev answer metrics for 3, 4 and 5.
 ANSWER_SENTENCES = 4
 CAUTION = "提示：报告中可能没有直接回答这个问题的内容，以下摘录仅供参考，请核对引文。"
+# A refusal can be wrong (about 4% of answerable dev questions are refused); the passages that came
+# closest are listed under it so the reader can judge for themselves.
+CLOSEST_TITLE = "最接近的段落（未必回答了这个问题，供核对）："
+EXCERPT_CHARS = 80
 
 
 @dataclass
@@ -136,3 +140,9 @@ def compose_answer(query: str, hits: list[Hit], idf: Callable[[str], float],
 def format_sources(sources: list[Hit]) -> list[str]:
     """Numbered source lines: ``[1] 浙商证券《…》2023-03-25 — 001_….txt:L10-L14``."""
     return [f"[{n}] {hit.document.label} — {hit.citation}" for n, hit in enumerate(sources, start=1)]
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """The start of a passage on one line (whitespace collapsed), cut at ``limit`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "…"

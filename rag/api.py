@@ -17,7 +17,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answer import ANSWER_SENTENCES, CAUTION, AbstentionSettings, compose_answer, format_sources
+from .answer import (ANSWER_SENTENCES, CAUTION, CLOSEST_TITLE, AbstentionSettings, compose_answer, excerpt,
+                     format_sources)
 from .answerability import TOP_PASSAGES
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
@@ -29,6 +30,7 @@ from .rerank import load_reranker
 from .retrieve import MAX_QUERY_CHARS, MODES, FusionSettings, Hit, Retriever
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+CLOSEST_AFTER_REFUSAL = 3
 
 
 @dataclass
@@ -80,6 +82,11 @@ class AskResult(SearchResult):
                                     for n, h in enumerate(self.sources, start=1)]})
         return payload
 
+    @property
+    def closest(self) -> list[Hit]:
+        """After a refusal, the best passages found anyway, so a reader can check the refusal."""
+        return self.hits[:CLOSEST_AFTER_REFUSAL] if self.abstained and not self.error else []
+
     def render(self) -> str:
         """Answer and numbered sources as plain text."""
         if self.error:
@@ -87,6 +94,10 @@ class AskResult(SearchResult):
         lines = [CAUTION, self.answer] if self.caution else [self.answer]
         if self.sources:
             lines += ["", "来源："] + format_sources(self.sources)
+        if self.closest:
+            lines += ["", CLOSEST_TITLE] + [f"{line}\n    {excerpt(hit.chunk.text)}"
+                                            for line, hit in zip(format_sources(self.closest), self.closest,
+                                                                 strict=True)]
         return "\n".join(lines)
 
 

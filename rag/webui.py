@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
-from .answer import CAUTION  # noqa: E402
+from .answer import CAUTION, CLOSEST_TITLE  # noqa: E402
 from .api import MAX_UPLOAD_BYTES, AskResult, ReportQA, safe_file_name  # noqa: E402
 from .cite import CITATION, CitationView  # noqa: E402
 from .errors import RagError  # noqa: E402
@@ -223,11 +223,12 @@ def answer_html(qa: ReportQA, result: AskResult) -> str:
         parts.append(f"<div class=\"rag-note\">{_escape(result.warning)}</div>")
     if result.abstained:
         parts.append("<div class=\"rag-note\">可以换个问法、增加检索段落数，或取消报告筛选后再试。</div>")
-    if result.sources:
-        terms = highlight_terms(result.query)
-        parts.append("<div class=\"rag-sources\"><div class=\"rag-sources-title\">来源</div>")
-        parts.extend(source_html(qa, n, hit, terms) for n, hit in enumerate(result.sources, start=1))
-        parts.append("</div>")
+    for title, hits in (("来源", result.sources), (CLOSEST_TITLE.rstrip("："), result.closest)):
+        if hits:
+            terms = highlight_terms(result.query)
+            parts.append(f"<div class=\"rag-sources\"><div class=\"rag-sources-title\">{_escape(title)}</div>")
+            parts.extend(source_html(qa, n, hit, terms) for n, hit in enumerate(hits, start=1))
+            parts.append("</div>")
     parts.append("</div>")
     return "".join(parts)
 

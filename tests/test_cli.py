@@ -82,6 +82,20 @@ def test_ask_plain_text_lists_sources(seed_qa):
     assert "[1]" in result.stdout and "来源" in result.stdout
 
 
+def test_refusal_lists_the_closest_passages_to_check(seed_qa):
+    from rag.answer import CLOSEST_TITLE
+
+    refused = seed_qa.ask("报告里给金山办公定的目标价是多少？")
+    assert refused.abstained and len(refused.closest) == 3
+    result = run(seed_qa, "ask", "报告里给金山办公定的目标价是多少？")
+    assert_clean(result)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "在报告中未找到相关内容" and CLOSEST_TITLE in lines
+    for hit in refused.closest:
+        assert hit.citation in result.stdout
+    assert not seed_qa.ask("GPT-3的参数量是多少").closest  # only a refusal lists them
+
+
 def test_search_plain_text(seed_qa):
     result = run(seed_qa, "search", "GPT-3的参数量是多少")
     assert_clean(result)

@@ -162,6 +162,14 @@ def test_caution_note_shows_above_a_cautious_answer(seed_qa):
     assert CAUTION not in webui.answer_html(seed_qa, seed_qa.ask("GPT-3的参数量是多少"))
 
 
+def test_refusal_shows_the_closest_passages(seed_qa):
+    refused = seed_qa.ask("报告里给金山办公定的目标价是多少？")
+    page = webui.answer_html(seed_qa, refused)
+    assert "最接近的段落" in page and 'rag-sources-title">来源<' not in page
+    assert all(hit.citation in page for hit in refused.closest)
+    assert page.index("在报告中未找到相关内容") < page.index("最接近的段落")
+
+
 def test_also_in_is_listed(seed_qa):
     # The two 浙商证券 files are near-copies: their shared passages are folded into one hit.
     # Whether a cited passage has a folded copy depends on ranking, so one of several such questions must.

@@ -17,8 +17,15 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answer import (ANSWER_SENTENCES, CAUTION, CLOSEST_TITLE, AbstentionSettings, compose_answer, excerpt,
-                     format_sources)
+from .answer import (
+    ANSWER_SENTENCES,
+    CAUTION,
+    CLOSEST_TITLE,
+    AbstentionSettings,
+    compose_answer,
+    excerpt,
+    format_sources,
+)
 from .answerability import TOP_PASSAGES
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup

@@ -4,7 +4,7 @@
     python eval/tune.py chunks       # builds one index per setting under index/sweep/
     python eval/tune.py rerank       # fits the second stage; prints defaults for rag/second_stage.py
     python eval/tune.py abstention   # fits the answerability model; prints defaults for rag/answerability.py
-    python eval/tune.py answers      # answer metrics for 3, 4 and 5 quoted sentences (rag.answer.ANSWER_SENTENCES)
+    python eval/tune.py answers      # answer metrics per sentence-cosine weight and for 3, 4, 5 quoted sentences
 
 Query vectors are cached inside the retriever and passage embeddings by content, so each extra
 setting costs little beyond what actually changes.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rag.answer import SIMILARITY_WEIGHT
 from rag.answerability import FEATURES, AnswerabilityModel, features
 from rag.api import ReportQA, Settings
 from rag.evaluate import Configuration, evaluate_configuration, is_relevant, load_questions
@@ -29,6 +30,7 @@ FUSION_GRID = [("rrf", 1, 0, 1, 0), ("rrf", 1, 0.5, 1, 0), ("rrf", 1, 1, 1, 0),
                ("score", 1, 0.5, 0.5, 0.1)]
 CHUNK_GRID = [(250, 60), (350, 80), (450, 100), (350, 0)]
 ANSWER_SENTENCE_GRID = (3, 4, 5)
+SIMILARITY_WEIGHT_GRID = (0.0, 1.0, 2.0, 3.0, 5.0, 20.0)
 
 
 def _report(label: str, qa: ReportQA, questions) -> None:
@@ -168,14 +170,23 @@ def tune_abstention(questions) -> None:
 
 
 def tune_answers(questions) -> None:
-    """One line per answer length: what the extractive answer cites and states, and how long it is."""
+    """Answer metrics for each weight of the sentence cosine, then for each answer length."""
     qa = ReportQA()
-    print("sentences | cites a relevant passage, states the reference numbers, answer chars")
+
+    def report(label: str) -> None:
+        m = evaluate_configuration(Configuration("default", "hybrid", qa), questions).metrics
+        print(f"{label} | {m['answer_cites_relevant']:.3f} {m['answer_states_numbers']:.3f} {m['answer_chars']:.0f}")
+
+    print("similarity weight | cites a relevant passage, states the reference numbers, answer chars")
+    for weight in SIMILARITY_WEIGHT_GRID:
+        qa.settings.answer_similarity_weight = weight
+        report(f"{weight:17g}")
+    qa.settings.answer_similarity_weight = SIMILARITY_WEIGHT
+    print(f"\nsentences (weight {SIMILARITY_WEIGHT:g}) | cites a relevant passage, states the reference numbers, "
+          "answer chars")
     for sentences in ANSWER_SENTENCE_GRID:
         qa.settings.answer_sentences = sentences
-        m = evaluate_configuration(Configuration("default", "hybrid", qa), questions).metrics
-        print(f"{sentences:9} | {m['answer_cites_relevant']:.3f} {m['answer_states_numbers']:.3f} "
-              f"{m['answer_chars']:.0f}")
+        report(f"{sentences:9}")
 
 
 def main() -> None:

@@ -21,7 +21,9 @@ from .answer import (
     ANSWER_SENTENCES,
     CAUTION,
     CLOSEST_TITLE,
+    SIMILARITY_WEIGHT,
     AbstentionSettings,
+    Answer,
     compose_answer,
     excerpt,
     format_sources,
@@ -48,6 +50,7 @@ class Settings:
     fusion: FusionSettings = field(default_factory=FusionSettings)
     abstention: AbstentionSettings = field(default_factory=AbstentionSettings)
     answer_sentences: int = ANSWER_SENTENCES
+    answer_similarity_weight: float = SIMILARITY_WEIGHT
 
 
 @dataclass
@@ -231,11 +234,21 @@ class ReportQA:
         found = self.search(query, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources)
         if found.error:
             return AskResult(query=found.query, error=found.error, answer=found.error, abstained=True)
-        answer = compose_answer(clean_query(query)[0], found.hits, self.retriever.idf, self.settings.abstention,
-                                max_sentences=self.settings.answer_sentences, max_passages=min(3, top_k))
+        answer = self.compose(clean_query(query)[0], found.hits, max_passages=min(3, top_k))
         return AskResult(query=found.query, hits=found.hits[:top_k], warning=found.warning, answer=answer.text,
                          abstained=answer.abstained, sources=answer.sources, caution=answer.caution,
                          unanswerable_probability=answer.unanswerable_probability)
+
+    def compose(self, query: str, hits: list[Hit], max_passages: int = 3) -> Answer:
+        """The extractive answer to ``query`` from ``hits``: what ``ask`` replies and ``rag eval`` measures."""
+        def similarities(hit: Hit) -> dict[str, float]:
+            return self.retriever.sentence_similarities(query, hit.chunk)
+
+        dense = any(h.dense_score is not None for h in hits)  # bm25-only hits: choose by terms alone
+        return compose_answer(query, hits, self.retriever.idf, self.settings.abstention,
+                              max_sentences=self.settings.answer_sentences, max_passages=max_passages,
+                              similarities=similarities if dense else None,
+                              similarity_weight=self.settings.answer_similarity_weight)
 
     def cite(self, citation: str) -> CitationView:
         """Look up a citation ID."""

@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .answer import compose_answer
 from .api import ReportQA, Settings
 from .chunking import ChunkerSettings
 from .errors import RagError
@@ -215,7 +214,6 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     answer_lengths: list[float] = []
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
     config.qa.retriever.clear_cache()
-    settings, idf = config.qa.settings.abstention, config.qa.retriever.idf
     for question in questions:
         began = time.perf_counter()
         found = config.qa.search(question.question, top_k=depth, mode=config.mode)
@@ -223,8 +221,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         hits = found.hits
         best_signals[question.id] = hits
         # The answer `rag ask` would give, with its abstention decision and caution flag.
-        answer = compose_answer(question.question, hits, idf, settings,
-                                max_sentences=config.qa.settings.answer_sentences)
+        answer = config.qa.compose(question.question, hits)
         probabilities[question.id] = answer.unanswerable_probability
         abstained[question.id] = answer.abstained
         cautioned[question.id] = answer.caution

@@ -106,17 +106,18 @@ def embedding_text(chunk: Chunk, info: ReportInfo, with_context: bool = True) ->
 MIN_UNIT_CHARS = 8
 
 
+def unit_sentences(chunk: Chunk | StoredChunk) -> list[str]:
+    """The sentences (table rows) of a chunk that get a vector of their own, in order."""
+    header = chunk.table_header.split("\n")[-1] if chunk.kind == "table" else ""
+    sentences = (chunk.text[start:end] for start, end in sentence_spans(chunk.text))
+    return [s for s in sentences if len(s) >= MIN_UNIT_CHARS and s != header]
+
+
 def sentence_units(chunk: StoredChunk, info: ReportInfo) -> list[str]:
     """Embedding inputs for the sentences (table rows) of a chunk: matched small, cited whole."""
     # A row means nothing without its column names, so every row carries the title and header row.
     context = chunk.table_header if chunk.kind == "table" else ""
-    header = chunk.table_header.split("\n")[-1] if chunk.kind == "table" else ""
-    units = []
-    for start, end in sentence_spans(chunk.text):
-        sentence = chunk.text[start:end]
-        if len(sentence) >= MIN_UNIT_CHARS and sentence != header:
-            units.append(document_input(sentence, title=info.title, context=context))
-    return units
+    return [document_input(sentence, title=info.title, context=context) for sentence in unit_sentences(chunk)]
 
 
 def lexical_text(chunk: Chunk | StoredChunk) -> str:

@@ -16,10 +16,10 @@ import numpy as np
 from .aliases import AliasTable
 from .dedup import containment, grams, passage_key
 from .embed import Embedder
-from .index import Index, StoredChunk, StoredDocument, lexical_text
+from .index import Index, StoredChunk, StoredDocument, lexical_text, unit_sentences
 from .rerank import Reranker
 from .second_stage import SecondStageModel, signals
-from .textnorm import fold
+from .textnorm import fold, squeeze
 from .tokenize import tokens
 
 MODES = ("hybrid", "dense", "bm25")
@@ -114,6 +114,9 @@ class Retriever:
         self._folded = [fold(c.table_header + c.text).replace(" ", "") for c in index.chunks]
         self._digit_shares = [sum(ch.isdigit() for ch in c.text) / max(1, len(c.text)) for c in index.chunks]
         self.aliases = AliasTable.mine(c.text for c in index.chunks)
+        self._units_of: dict[int, list[int]] = {}
+        for unit, chunk_id in enumerate(index.unit_owner if index.unit_owner is not None else []):
+            self._units_of.setdefault(int(chunk_id), []).append(unit)
         self._cached_query_vector = lru_cache(maxsize=256)(self._embed_query_uncached)
         self._query_lock = threading.Lock()
         self.idf = lru_cache(maxsize=4096)(self._idf)
@@ -160,6 +163,17 @@ class Retriever:
                 chunk_id = owner[unit]
                 result[chunk_id] = max(result[chunk_id], score)
         return result
+
+    def sentence_similarities(self, query: str, chunk: StoredChunk) -> dict[str, float]:
+        """Cosine of the query with each sentence (table row) of a chunk that has its own vector, keyed by
+        the sentence with whitespace removed; empty without sentence vectors."""
+        units, ids = self.index.units, self._units_of.get(chunk.id, [])
+        sentences = unit_sentences(chunk)
+        if units is None or self.embedder is None or len(ids) != len(sentences):
+            return {}
+        vector = self._embed_query(query)
+        scores = np.vstack([units.reconstruct(i) for i in ids]) @ vector
+        return {squeeze(sentence): float(score) for sentence, score in zip(sentences, scores, strict=True)}
 
     def bm25_scores(self, query: str) -> np.ndarray:
         """BM25 score of the query, plus the English names the reports give its Chinese ones

@@ -185,6 +185,23 @@ def test_ask_answer_states_the_fact(seed_qa, question, fact):
     assert fact in squeeze(result.answer)
 
 
+def test_answer_quotes_the_sentence_that_says_it_in_other_words(seed_qa):
+    # No term of the question ("开会迟到", "帮上什么忙") is in the answering sentence; its cosine with
+    # the question is what picks it (rag.answer.SIMILARITY_WEIGHT).
+    result = seed_qa.ask("如果线上开会迟到了，微软那个AI助手能帮上什么忙？")
+    assert not result.abstained
+    assert "copilot会提供一份错过的内容摘要" in squeeze(fold(result.answer))
+
+
+def test_sentence_similarities_agree_with_the_sentence_index(seed_qa):
+    question = "魔搭社区首批上架了多少个模型"
+    hit = seed_qa.search(question).hits[0]
+    cosines = seed_qa.retriever.sentence_similarities(question, hit.chunk)
+    assert cosines and all(key == squeeze(key) for key in cosines)
+    assert any("首批上架超300个模型" in key for key in cosines)
+    assert max(cosines.values()) == pytest.approx(hit.sentence_score, abs=1e-5)
+
+
 def test_table_row_is_quoted_with_its_column_names(seed_qa):
     # The GPT table's rows are "参数量	1.2亿	15.8亿	1750亿	13亿" under "	GPT-1	GPT-2	GPT-3	…": the bare
     # row would not say which number is GPT-3's.

@@ -103,6 +103,23 @@ def test_ask_read_sources_and_open_citation(app_url, page):
     assert (ARTIFACTS / "ui.png").stat().st_size > 10_000
 
 
+def test_refusal_shows_the_closest_passages(app_url, page):
+    page.goto(app_url)
+    page.wait_for_selector("#rag-question textarea")
+    page.fill("#rag-question textarea", "报告里给金山办公定的目标价是多少？")
+    page.click("#rag-send")
+    answer = page.locator("#rag-chat .rag-answer").last
+    answer.locator(".rag-sources").wait_for()
+    assert answer.locator(".rag-answer-text").inner_text().strip() == "在报告中未找到相关内容"
+    closest = answer.locator(".rag-sources")
+    assert "最接近的段落" in closest.locator(".rag-sources-title").inner_text()
+    assert closest.locator(".rag-source").count() == 3
+    assert ".txt:L" in closest.locator(".rag-loc").first.inner_text()
+    answer.evaluate("node => node.scrollIntoView({block: 'start'})")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui_refusal.png"))
+
+
 def test_filter_change_reanswers_last_question(app_url, page):
     page.goto(app_url)
     page.wait_for_selector("#rag-question textarea")

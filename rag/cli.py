@@ -217,7 +217,8 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
 @main.command("eval")
 @click.option("--questions", "questions_file", type=click.Path(path_type=Path), default=Path("eval/questions.jsonl"),
               show_default=True, help="Question set (JSON lines: id, question, evidence, docs, type, split).")
-@click.option("--split", type=click.Choice(["dev", "test", "holdout", "all"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["dev", "test", "holdout", "all"]), default=None,
+              help="Which questions to run [default: test, or all when the file labels no splits].")
 @click.option("--configs", default="bm25,dense,recipe,default", show_default=True,
               help="Comma-separated configurations to compare.")
 @click.option("--limit", type=int, default=None, help="Only the first N questions (smoke runs).")
@@ -231,6 +232,9 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json) -
 
     from . import evaluate
 
+    questions = evaluate.load_questions(questions_file)
+    if split is None:  # a user's own question file need not label splits: then it is run whole
+        split = "test" if any(q.split for q in questions) else "all"
     questions = evaluate.load_questions(questions_file, split)[:limit]
     options = ctx.obj
     from .api import default_corpus_dir, default_index_dir

@@ -347,9 +347,14 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
     header = ["config", "Hit@1", "Hit@3", "Hit@5", "Hit@10", "MRR@10", "nDCG@10", "multi recall@5",
               "abstain (unans.)", "false abstain", "p50 ms", "p95 ms", "top-5 chars"]
     lines += [_row(header), _row(["---"] * len(header))]
+    def cell(metrics: dict[str, float], name: str) -> str:
+        # A question set without multi-evidence or unanswerable questions has nothing to show there.
+        if name not in metrics or (name == "abstain" and answerable == len(questions)):
+            return "—"
+        return f"{metrics[name]:.3f}"
+
     for r in results:
-        m = r.metrics
-        lines.append(_row([r.name] + [f"{m.get(k, 0):.3f}" for k in
+        lines.append(_row([r.name] + [cell(r.metrics, k) for k in
                                       ("hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10",
                                        "multi_evidence_recall@5", "abstain", "false_abstain")]
                           + [f"{r.latency_ms['p50']:.0f}", f"{r.latency_ms['p95']:.0f}", f"{r.passage_chars:.0f}"]))

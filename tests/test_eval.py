@@ -136,3 +136,21 @@ def test_rag_eval_runs_end_to_end_on_a_subset(seed_qa, tmp_path):
     for config in numbers.values():
         low, high = config["intervals"]["mrr@10"]
         assert low <= config["metrics"]["mrr@10"] <= high
+
+
+def test_rag_eval_runs_a_users_file_without_splits_whole(seed_qa, tmp_path):
+    questions = tmp_path / "mine.jsonl"
+    questions.write_text("\n".join(json.dumps(q, ensure_ascii=False) for q in [
+        {"id": "a", "question": "GPT-3的参数量是多少", "evidence": ["1750亿"]},
+        {"id": "b", "question": "科大讯飞是什么时候上市的", "evidence": ["2008年5月"]},
+    ]) + "\n", encoding="utf-8")
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, [
+        "--corpus", str(seed_qa.corpus_dir), "--index", str(seed_qa.index_dir),
+        "eval", "--questions", str(questions), "--configs", "default", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = next(Path(out).glob("*-all.md")).read_text(encoding="utf-8")
+    assert "Questions: 2 from" in report
+    row = next(line for line in report.splitlines() if line.startswith("| default |"))
+    assert row.split(" | ")[3] == "1.000"  # Hit@5 over both questions
+    assert row.split(" | ")[7:9] == ["—", "—"]  # no multi-evidence and no unanswerable questions

@@ -232,10 +232,10 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json) -
 
     from . import evaluate
 
-    questions = evaluate.load_questions(questions_file)
+    every_question = evaluate.load_questions(questions_file)
     if split is None:  # a user's own question file need not label splits: then it is run whole
-        split = "test" if any(q.split for q in questions) else "all"
-    questions = evaluate.load_questions(questions_file, split)[:limit]
+        split = "test" if any(q.split for q in every_question) else "all"
+    questions = evaluate.select_split(every_question, split, questions_file)[:limit]
     options = ctx.obj
     from .api import default_corpus_dir, default_index_dir
 

@@ -82,7 +82,7 @@ class ConfigResult:
 
 
 def load_questions(path: Path, split: str | None = None) -> list[Question]:
-    """Read a question file (JSON lines); ``split`` keeps only ``dev`` or ``test`` questions."""
+    """Read a question file (JSON lines); ``split`` keeps one split (``select_split``)."""
     questions = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -99,11 +99,16 @@ def load_questions(path: Path, split: str | None = None) -> list[Question]:
                             difficulty=raw.get("difficulty", ""))
         except (ValueError, KeyError, TypeError) as exc:
             raise RagError(f"问题集第 {number} 行格式错误 / bad line {number} in {path}: {exc}") from exc
-        if split in (None, "all") or item.split == split:
-            questions.append(item)
-    if not questions:
+        questions.append(item)
+    return select_split(questions, split, path)
+
+
+def select_split(questions: list[Question], split: str | None, path: Path) -> list[Question]:
+    """The questions of one split (``None`` or ``all``: every question); an error when none are left."""
+    chosen = [q for q in questions if split in (None, "all") or q.split == split]
+    if not chosen:
         raise RagError(f"问题集中没有题目 / no questions in {path} for split {split!r}")
-    return questions
+    return chosen
 
 
 def is_relevant(hit_text: str, source: str, question: Question) -> bool:

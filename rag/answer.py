@@ -64,10 +64,15 @@ class Answer:
     caution: bool = False
 
 
+def has_dense_scores(hits: list[Hit]) -> bool:
+    """True when the hits come from a search that embedded the question (hybrid or dense, not bm25)."""
+    return any(h.dense_score is not None for h in hits)
+
+
 def unanswerable_probability(query: str, hits: list[Hit], settings: AbstentionSettings,
                              idf: Callable[[str], float]) -> float | None:
     """The answerability model's probability that the hits do not answer ``query`` (None without dense scores)."""
-    if not hits or all(h.dense_score is None for h in hits):
+    if not has_dense_scores(hits):
         return None
     return settings.model.probability(features(query, hits, idf))
 

@@ -27,6 +27,7 @@ from .answer import (
     compose_answer,
     excerpt,
     format_sources,
+    has_dense_scores,
 )
 from .answerability import TOP_PASSAGES
 from .chunking import ChunkerSettings
@@ -244,10 +245,10 @@ class ReportQA:
         def similarities(hit: Hit) -> dict[str, float]:
             return self.retriever.sentence_similarities(query, hit.chunk)
 
-        dense = any(h.dense_score is not None for h in hits)  # bm25-only hits: choose by terms alone
         return compose_answer(query, hits, self.retriever.idf, self.settings.abstention,
                               max_sentences=self.settings.answer_sentences, max_passages=max_passages,
-                              similarities=similarities if dense else None,
+                              # bm25-only hits: choose sentences by terms alone
+                              similarities=similarities if has_dense_scores(hits) else None,
                               similarity_weight=self.settings.answer_similarity_weight)
 
     def cite(self, citation: str) -> CitationView:

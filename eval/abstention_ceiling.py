@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tune import fit_logistic  # noqa: E402
+from tune import answerability_matrix, fit_logistic, refusal_bar  # noqa: E402
 
-from rag.answerability import FEATURES, features  # noqa: E402
+from rag.answerability import FEATURES  # noqa: E402
 from rag.api import ReportQA  # noqa: E402
 from rag.evaluate import load_questions  # noqa: E402
 
@@ -32,19 +32,15 @@ FALSE_ABSTAIN_LIMIT = 0.05
 
 def refusal_at_limit(probability: np.ndarray, unanswerable: np.ndarray) -> tuple[float, float]:
     """Share of unanswerable questions refused at the lowest bar that refuses ≤ 5% of the answerable."""
-    answerable = np.sort(probability[~unanswerable])[::-1]
-    bar = answerable[int(np.floor(FALSE_ABSTAIN_LIMIT * len(answerable)))] + 1e-9
+    bar = refusal_bar(probability[~unanswerable], FALSE_ABSTAIN_LIMIT) + 1e-9
     return float(np.mean(probability[unanswerable] >= bar)), float(np.mean(probability[~unanswerable] >= bar))
 
 
 def main() -> None:
     """Fit on all splits in-sample and print the refusal rate at the false-abstention limit."""
-    qa = ReportQA()
     questions = load_questions(QUESTIONS)
-    rows = [[features(q.question, qa.search(q.question, top_k=10).hits, qa.retriever.idf)[name]
-             for name in FEATURES] for q in questions]
-    x = np.array(rows)
-    unanswerable = np.array([not q.answerable for q in questions])
+    x, labels = answerability_matrix(ReportQA(), questions)
+    unanswerable = labels == 1.0
     standardised = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-9)
     print(f"{len(questions)} questions ({int(unanswerable.sum())} unanswerable), features: {', '.join(FEATURES)}")
     print("l2 | refused (unanswerable) | refused (answerable)   [in-sample, all splits]")

@@ -137,16 +137,27 @@ def tune_rerank(questions) -> None:
     print(model)
 
 
-def tune_abstention(questions) -> None:
-    """Fit the answerability model on dev; print its defaults and the trade-off curve."""
-    qa = ReportQA()
+def answerability_matrix(qa: ReportQA, questions) -> tuple[np.ndarray, np.ndarray]:
+    """The answerability features of each question's hits (rows in ``FEATURES`` order), and 1 for unanswerable."""
     rows, labels = [], []
     for question in questions:
         hits = qa.search(question.question, top_k=10).hits
         found = features(question.question, hits, qa.retriever.idf)
         rows.append([found[name] for name in FEATURES])
         labels.append(0.0 if question.answerable else 1.0)
-    x, y = np.array(rows), np.array(labels)
+    return np.array(rows), np.array(labels)
+
+
+def refusal_bar(answerable_probabilities: np.ndarray, budget: float) -> float:
+    """The probability at which refusing stays within ``budget`` of the answerable questions: the
+    answerable question just past the budget (refuse strictly above it)."""
+    ordered = np.sort(answerable_probabilities)[::-1]
+    return float(ordered[int(np.floor(budget * len(ordered)))])
+
+
+def tune_abstention(questions) -> None:
+    """Fit the answerability model on dev; print its defaults and the trade-off curve."""
+    x, y = answerability_matrix(ReportQA(), questions)
     means, scales = x.mean(axis=0), x.std(axis=0) + 1e-9
     weights, bias = fit_logistic((x - means) / scales, y)
     model = AnswerabilityModel(weights=dict(zip(FEATURES, np.round(weights, 3).tolist(), strict=True)),
@@ -157,9 +168,7 @@ def tune_abstention(questions) -> None:
     print("bar | abstain false-abstain")
     for bar in np.arange(0.10, 0.91, 0.05):
         print(f"{bar:.2f} | {np.mean(probability[y == 1] >= bar):.3f} {np.mean(probability[y == 0] >= bar):.3f}")
-    answerable = np.sort(probability[y == 0])[::-1]
-    allowed = int(np.floor(FALSE_ABSTAIN_BUDGET * len(answerable)))
-    model.threshold = round(float(answerable[allowed]) + 1e-3, 3)
+    model.threshold = round(refusal_bar(probability[y == 0], FALSE_ABSTAIN_BUDGET) + 1e-3, 3)
     print(f"\nthreshold (false abstentions <= {FALSE_ABSTAIN_BUDGET:.0%} on dev): {model.threshold}")
     print(model)
     bars = [bar for bar in np.arange(0.05, model.threshold, 0.05)

@@ -79,9 +79,11 @@ def fetch_model_command() -> None:
 
 @main.command("index")
 @click.option("--force", is_flag=True, help="Rebuild even when nothing changed.")
+@click.option("--write-metadata", is_flag=True,
+              help="Also save the detected titles, institutions and dates into the corpus's metadata.json.")
 @click.pass_context
 @handle_errors
-def index_command(ctx: click.Context, force: bool) -> None:
+def index_command(ctx: click.Context, force: bool, write_metadata: bool) -> None:
     """Build or update the index of the corpus folder."""
     from tqdm import tqdm
 
@@ -97,7 +99,8 @@ def index_command(ctx: click.Context, force: bool) -> None:
         bar["bar"].n = done
         bar["bar"].refresh()
 
-    report = qa.build(force=force, progress=progress, log=lambda m: click.echo(m, err=True))
+    report = qa.build(force=force, progress=progress, log=lambda m: click.echo(m, err=True),
+                      write_metadata=write_metadata)
     if "bar" in bar:
         bar["bar"].close()
     if report.skipped:
@@ -121,24 +124,11 @@ def _questions(question: str | None, as_json: bool) -> list[str] | None:
 
 
 def _print_hits(result) -> None:
-    from .chunking import missing_context
+    from .present import hits_text
 
-    if result.error:
-        click.echo(result.error)
-        return
     if result.warning:
         click.echo(result.warning, err=True)
-    if not result.hits:
-        click.echo("没有结果 / no results")
-    for hit in result.hits:
-        click.echo(f"[{hit.rank}] {hit.document.label}  {hit.citation}  score={hit.score:.4f}")
-        header = missing_context(hit.chunk.table_header, hit.chunk.text)
-        if header:
-            click.echo("    表头: " + header.replace("\n", " / ").replace("\t", " | "))
-        click.echo("    " + hit.chunk.text.replace("\n", "\n    "))
-        if hit.also_in:
-            click.echo("    亦见 / also in: " + ", ".join(hit.also_in))
-        click.echo("")
+    click.echo(hits_text(result))
 
 
 def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Callable, render: Callable) -> None:
@@ -169,6 +159,12 @@ def search_command(ctx, question, top_k, mode, sources, as_json) -> None:
                lambda qa, q: qa.search(q, top_k=top_k, mode=mode, sources=list(sources) or None), _print_hits)
 
 
+def _print_answer(result) -> None:
+    from .present import answer_text
+
+    click.echo(answer_text(result))
+
+
 @main.command("ask")
 @click.argument("question", required=False)
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 50))
@@ -181,7 +177,7 @@ def ask_command(ctx, question, top_k, mode, sources, as_json) -> None:
     """Answer QUESTION with sentences quoted from the reports, each cited."""
     _run_batch(ctx, question, as_json,
                lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None),
-               lambda result: click.echo(result.render()))
+               _print_answer)
 
 
 @main.command("cite")
@@ -196,22 +192,9 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(view.to_json(context_chars), ensure_ascii=False))
         return
-    info = view.document.info
-    click.echo(f"报告 / report: {view.document.label}")
-    if info.analysts:
-        click.echo(f"分析师 / analysts: {'、'.join(info.analysts)}")
-    location = f"{view.document.source}, 行 L{view.line_start}-L{view.line_end}"
-    if view.page:
-        location += f", 第 {view.page} 页"
-    click.echo(f"位置 / location: {location}")
-    if view.document.duplicates:
-        click.echo(f"近似重复 / also in: {', '.join(view.document.duplicates)}")
-    click.echo("—— 上文 / before ——")
-    click.echo(view.before(context_chars))
-    click.echo("—— 引文 / passage ——")
-    click.echo(view.text)
-    click.echo("—— 下文 / after ——")
-    click.echo(view.after(context_chars))
+    from .present import citation_text
+
+    click.echo(citation_text(view, context_chars))
 
 
 @main.command("eval")

@@ -24,10 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import fitted
 from .api import ReportQA, Settings
 from .chunking import ChunkerSettings
 from .errors import RagError
-from .retrieve import Hit
+from .results import Answer, Hit
 from .textnorm import fold, squeeze
 
 TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
@@ -123,7 +124,7 @@ def _relevant_hit(hit: Hit, question: Question, qa: ReportQA) -> bool:
     if is_relevant(hit.chunk.text, hit.chunk.source, question):
         return True
     for citation in hit.also_in:  # a folded near-copy counts as the same passage
-        copy = qa.index.by_citation.get(citation)
+        copy = qa.store.chunk_by_citation(citation)
         if copy and is_relevant(copy.text, copy.source, question):
             return True
     return False
@@ -218,7 +219,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     answer_numbers: dict[str, float] = {}
     answer_lengths: list[float] = []
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
-    config.qa.retriever.clear_cache()
+    config.qa.encoder.clear()
     for question in questions:
         began = time.perf_counter()
         found = config.qa.search(question.question, top_k=depth, mode=config.mode)
@@ -226,7 +227,8 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         hits = found.hits
         best_signals[question.id] = hits
         # The answer `rag ask` would give, with its abstention decision and caution flag.
-        answer = config.qa.compose(question.question, hits)
+        answer = (config.qa.compose(found.analysed, hits) if found.analysed is not None
+                  else Answer(found.error or "", True, []))
         probabilities[question.id] = answer.unanswerable_probability
         abstained[question.id] = answer.abstained
         cautioned[question.id] = answer.caution
@@ -324,6 +326,8 @@ def standard_configurations(corpus_dir: Path, index_dir: Path, model: str | None
     settings = settings or Settings()
     main = ReportQA(corpus_dir, index_dir, model=model, settings=settings)
     main.build(log=log)
+    for warning in fitted.mismatches(main.store.manifest):
+        log(warning)
     recipe_settings = replace(settings, chunker=RECIPE_CHUNKER)
     recipe = ReportQA(corpus_dir, index_dir / "baselines" / "recipe", model=model,
                       settings=recipe_settings)

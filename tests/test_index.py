@@ -18,9 +18,11 @@ import pytest
 from conftest import ROOT, copy_corpus
 
 from rag.api import ReportQA
+from rag.embed import DEFAULT_MODEL
 from rag.errors import RagError
-from rag.index import CURRENT, embedding_text
 from rag.model_fetch import CHUNK_MEMBER, EXPECTED_SHA256, assemble_archive, default_model_path, verify_model
+from rag.records import embedding_text
+from rag.versions import CURRENT
 
 SHORT_A = "003_f39dbdfe66606f1e.txt"
 SHORT_B = "004_e0d667138c034a95.txt"
@@ -28,11 +30,11 @@ ONLY_IN_B = "飞天智算平台让AI训练效率提升了多少"  # answered onl
 
 
 def _chunks_of(qa: ReportQA, source: str):
-    return [chunk for chunk in qa.index.chunks if chunk.source == source]
+    return qa.store.chunks_of(source)
 
 
 def _embedding_texts(qa: ReportQA, source: str) -> set[str]:
-    info = qa.index.documents[source].info
+    info = qa.store.documents[source].info
     return {embedding_text(chunk, info) for chunk in _chunks_of(qa, source)}
 
 
@@ -50,12 +52,17 @@ def _next_second() -> None:
     time.sleep(1.05 - (now - int(now)))
 
 
-@pytest.fixture
-def small_qa(tmp_path: Path) -> ReportQA:
-    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [SHORT_A, SHORT_B]), index_dir=tmp_path / "index")
+def _small(tmp_path: Path, model: str) -> ReportQA:
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [SHORT_A, SHORT_B]), index_dir=tmp_path / "index",
+                  model=model)
     report = qa.build()
     assert report.documents == 2 and not report.skipped
     return qa
+
+
+@pytest.fixture
+def small_qa(tmp_path: Path, tiny_model: str) -> ReportQA:
+    return _small(tmp_path, tiny_model)
 
 
 def test_incremental_rebuild_embeds_only_changed_passages(small_qa):
@@ -78,7 +85,7 @@ def test_incremental_rebuild_embeds_only_changed_passages(small_qa):
     # only the changed passages (and their sentences, when sentence vectors are on) are embedded
     assert 1 <= report.embedded <= len(_chunks_of(qa, SHORT_B))
     assert report.reused >= chunks_a
-    assert report.chunks == len(qa.index.chunks)
+    assert report.chunks == len(qa.store)
     # the untouched report keeps its passages and citation IDs
     assert [(c.citation, c.text) for c in _chunks_of(qa, SHORT_A)] == old_a
     hits = qa.search(f"编号{marker}的测试模型", mode="bm25").hits
@@ -107,7 +114,7 @@ def test_deleted_report_disappears_from_results(small_qa):
 
 
 def test_live_qa_object_sees_a_rebuild_by_another_object(small_qa):
-    reader = ReportQA(corpus_dir=small_qa.corpus_dir, index_dir=small_qa.index_dir)
+    reader = ReportQA(corpus_dir=small_qa.corpus_dir, index_dir=small_qa.index_dir, model=small_qa.model)
     assert set(reader.reports()) == {SHORT_A, SHORT_B}
     (small_qa.corpus_dir / SHORT_A).unlink()
     _next_second()
@@ -115,10 +122,10 @@ def test_live_qa_object_sees_a_rebuild_by_another_object(small_qa):
     assert set(reader.reports()) == {SHORT_B}
 
 
-def test_build_of_empty_corpus_is_an_error(tmp_path):
+def test_build_of_empty_corpus_is_an_error(tmp_path, tiny_model):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index")
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index", model=tiny_model)
     with pytest.raises(RagError, match="no usable report"):
         qa.build()
 
@@ -138,9 +145,10 @@ CRASHING_BUILD = textwrap.dedent("""
 """)
 
 
-def test_killed_build_leaves_previous_index_usable(small_qa, tmp_path):
-    qa = small_qa
-    before = qa.index.manifest["built_at"]
+@pytest.mark.slow  # the real model: the build must still be embedding when it is killed
+def test_killed_build_leaves_previous_index_usable(tmp_path):
+    qa = _small(tmp_path, DEFAULT_MODEL)
+    before = qa.store.manifest["built_at"]
     live_before = os.readlink(qa.index_dir / CURRENT)
     env = {**os.environ, "RAG_EMBED_CACHE": str(tmp_path / "fresh-cache.sqlite"), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -168,22 +176,23 @@ def test_killed_build_leaves_previous_index_usable(small_qa, tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert os.readlink(qa.index_dir / CURRENT) == live_before, "the live index was not switched"
 
-    survivor = ReportQA(corpus_dir=qa.corpus_dir, index_dir=qa.index_dir)
+    survivor = ReportQA(corpus_dir=qa.corpus_dir, index_dir=qa.index_dir, model=DEFAULT_MODEL)
     assert survivor.index_status() is None
-    assert survivor.index.manifest["built_at"] == before
+    assert survivor.store.manifest["built_at"] == before
     hits = survivor.search(ONLY_IN_B).hits
     assert hits and any("11倍" in h.chunk.text for h in hits)
 
     report = survivor.build(force=True)  # default cache: nothing left to embed
     assert not report.skipped and report.documents == 2
-    assert survivor.index.manifest["built_at"] > before
+    assert survivor.store.manifest["built_at"] > before
     assert survivor.search(ONLY_IN_B).hits
     assert len(_versions(qa.index_dir)) == 1 and not any(
         name.startswith((".build-", ".current-")) for name in os.listdir(qa.index_dir))
 
 
-def test_two_builds_in_the_same_second(tmp_path):
-    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [SHORT_B]), index_dir=tmp_path / "index")
+def test_two_builds_in_the_same_second(tmp_path, tiny_model):
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [SHORT_B]), index_dir=tmp_path / "index",
+                  model=tiny_model)
     qa.index_dir.mkdir()
     # Deterministic stand-in for "the previous build finished earlier in this same second": the
     # folder names the next builds of this process would take already exist and hold a version.
@@ -200,11 +209,11 @@ def test_two_builds_in_the_same_second(tmp_path):
 # -- damaged index --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def built_index(tmp_path_factory) -> tuple[Path, Path]:
+def built_index(tmp_path_factory, tiny_model) -> tuple[Path, Path, str]:
     base = tmp_path_factory.mktemp("one-report")
-    qa = ReportQA(corpus_dir=copy_corpus(base / "corpus", [SHORT_B]), index_dir=base / "index")
+    qa = ReportQA(corpus_dir=copy_corpus(base / "corpus", [SHORT_B]), index_dir=base / "index", model=tiny_model)
     qa.build()
-    return qa.corpus_dir, qa.index_dir
+    return qa.corpus_dir, qa.index_dir, tiny_model
 
 
 def _garble(path: Path) -> None:
@@ -243,7 +252,7 @@ DAMAGE = {
 
 
 def _damaged_copy(built_index, tmp_path: Path, name: str, damage) -> ReportQA:
-    corpus, original = built_index
+    corpus, original, model = built_index
     index_dir = tmp_path / "index"
     shutil.copytree(original, index_dir, symlinks=True)
     # give the copied version a name no new build can take (see test_two_builds_in_the_same_second)
@@ -251,7 +260,7 @@ def _damaged_copy(built_index, tmp_path: Path, name: str, damage) -> ReportQA:
     (index_dir / CURRENT).unlink()
     (index_dir / CURRENT).symlink_to("v-19700101T000000-0")
     damage(index_dir / CURRENT / name)
-    return ReportQA(corpus_dir=corpus, index_dir=index_dir)
+    return ReportQA(corpus_dir=corpus, index_dir=index_dir, model=model)
 
 
 @pytest.mark.parametrize(("name", "damage"), DAMAGE.values(), ids=DAMAGE.keys())
@@ -283,20 +292,20 @@ def test_forced_rebuild_repairs_a_damaged_index(built_index, tmp_path):
 
 
 def test_missing_index_folder_asks_for_rag_index(built_index, tmp_path):
-    corpus, _ = built_index
-    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "never-built")
+    corpus, _, model = built_index
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "never-built", model=model)
     with pytest.raises(RagError, match="rag index"):
         qa.search("阿里通义大模型")
 
 
 def test_current_symlink_to_missing_version(built_index, tmp_path):
-    corpus, original = built_index
+    corpus, original, model = built_index
     index_dir = tmp_path / "index"
     shutil.copytree(original, index_dir, symlinks=True)
     for version in _versions(index_dir):
         shutil.rmtree(index_dir / version)
     with pytest.raises(RagError, match="rag index"):
-        ReportQA(corpus_dir=corpus, index_dir=index_dir).search("通义")
+        ReportQA(corpus_dir=corpus, index_dir=index_dir, model=model).search("通义")
 
 
 # -- model fetch ----------------------------------------------------------------------------------

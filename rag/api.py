@@ -26,7 +26,7 @@ from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
 from .documents import SUPPORTED_SUFFIXES, load_document
 from .embed import Embedder, EmbeddingCache, QueryEncoder, load_embedder
-from .errors import RagError
+from .errors import NotFoundError, RagError
 from .fusion import FusionSettings
 from .query import Query, analyse
 from .rerank import Reranker, load_cross_encoder
@@ -224,6 +224,26 @@ class ReportQA:
         temporary = self.corpus_dir / f".upload-{os.getpid()}-{safe_name}"
         shutil.copyfile(path, temporary)
         os.replace(temporary, target)
+        return self.build(progress=progress)
+
+    def remove_report(self, name: str, progress=None) -> BuildReport:
+        """Delete a report file from the corpus and rebuild the index without it.
+
+        ``name`` must be a report's plain file name as stored (what ``reports()`` lists): a name that
+        ``safe_file_name`` would change is refused rather than mapped onto another file, and only
+        report types are removable (never ``metadata.json``). Raises ``NotFoundError`` for a report
+        that is not in the corpus.
+        """
+        safe_name = safe_file_name(name)
+        if safe_name != name:
+            raise RagError(f"文件名无效：{name!r} / invalid report name")
+        target = self.corpus_dir / safe_name
+        if Path(safe_name).suffix.lower() not in SUPPORTED_SUFFIXES or not target.is_file():
+            raise NotFoundError(f"未找到报告 {safe_name} / unknown report")
+        if not any(p.suffix.lower() in SUPPORTED_SUFFIXES and p.name != safe_name
+                   for p in self.corpus_dir.iterdir() if p.is_file()):  # an index needs one report
+            raise RagError(f"{safe_name} 是语料中唯一的报告，不能删除 / cannot remove the only report")
+        target.unlink()
         return self.build(progress=progress)
 
 

@@ -11,13 +11,36 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import RagError
+from typing_extensions import TypedDict
+
+from .errors import NotFoundError, RagError
 from .records import StoredChunk, StoredDocument
 from .store import Store
 from .textnorm import fold
 
 CITATION = re.compile(r"^(?P<source>[^:\s][^:]*):L(?P<first>\d+)-L(?P<last>\d+)(?:\.(?P<n>\d+))?$")
 CONTEXT_CHARS = 200
+
+
+class CitationJSON(TypedDict):
+    """A looked-up citation as ``rag cite --json`` prints it and ``GET /v1/citations/{id}`` returns it:
+    the passage (``text``, canonical offsets, original ``lines``, PDF ``page``), its report and
+    ``before``/``after`` context."""
+
+    citation: str
+    source: str
+    title: str
+    label: str
+    institution: str
+    date: str
+    start: int
+    end: int
+    lines: list[int]
+    page: int | None
+    text: str
+    before: str
+    after: str
+    also_in: list[str]
 
 
 @dataclass
@@ -46,8 +69,8 @@ class CitationView:
         """Text just after the passage."""
         return self.document.text[self.end:self.end + chars]
 
-    def to_json(self, context_chars: int = CONTEXT_CHARS) -> dict:
-        """Machine-readable view."""
+    def to_json(self, context_chars: int = CONTEXT_CHARS) -> CitationJSON:
+        """Machine-readable view (the ``CitationJSON`` contract)."""
         return {"citation": self.citation, "source": self.document.source,
                 "title": self.document.info.title, "label": self.document.label,
                 "institution": self.document.info.institution, "date": self.document.info.date,
@@ -60,7 +83,7 @@ def _line_span(document: StoredDocument, chunks: list[StoredChunk], first: int, 
     """Canonical offsets covering raw lines first..last, via the passages' known line numbers."""
     inside = [c for c in chunks if c.line_end >= first and c.line_start <= last]
     if not inside:
-        raise RagError(f"行号超出范围 / line range L{first}-L{last} is outside {document.source}")
+        raise NotFoundError(f"行号超出范围 / line range L{first}-L{last} is outside {document.source}")
     return min(c.start for c in inside), max(c.end for c in inside)
 
 
@@ -78,7 +101,7 @@ def lookup(store: Store, citation: str) -> CitationView:
                        f"004_e0d667138c034a95.txt:L12-L15） / malformed citation ID")
     source, first, last = match["source"], int(match["first"]), int(match["last"])
     if source not in store.documents:
-        raise RagError(f"未找到报告 {source} / unknown report in citation {citation!r}")
+        raise NotFoundError(f"未找到报告 {source} / unknown report in citation {citation!r}")
     document = store.documents[source]
     if first > last or first < 1:
         raise RagError(f"行号范围无效 / invalid line range in {citation!r}")

@@ -1,16 +1,74 @@
 """What the API returns: hits, search results, answers. Plain dataclasses with their JSON contract.
 
-The JSON forms are what ``rag search --json`` / ``rag ask --json`` print, one object per question.
+The JSON forms are what ``rag search --json`` / ``rag ask --json`` print, one object per question,
+and what the HTTP API (``rag.server``) sends. Each form is written down once, as a ``TypedDict``
+next to the ``to_json`` that builds it: mypy checks every ``to_json`` against its type (a key
+added, renamed or dropped without the type is an error), and the server hands the same types to
+FastAPI, which validates its responses against them and publishes them in the OpenAPI schema.
+(``typing_extensions.TypedDict``: pydantic needs it, rather than ``typing``'s, before Python 3.12.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NotRequired
+
+from typing_extensions import TypedDict
 
 from .query import Query
 from .records import StoredChunk, StoredDocument
 
 CLOSEST_AFTER_REFUSAL = 3
+
+
+class HitJSON(TypedDict):
+    """One retrieved passage: its citation ID, report, canonical offsets (``start``/``end``), original
+    ``lines`` and PDF ``page``, the passage ``text`` and its fused ``score``; ``also_in`` lists the same
+    passage in near-duplicate reports."""
+
+    rank: int
+    citation: str
+    source: str
+    title: str
+    start: int
+    end: int
+    text: str
+    score: float
+    label: str
+    heading: str
+    table_header: str
+    lines: list[int]
+    page: int | None
+    also_in: list[str]
+
+
+class SourceJSON(TypedDict):
+    """A passage the answer cites: marker ``n`` in the answer is ``[n]``."""
+
+    marker: int
+    citation: str
+    label: str
+
+
+class SearchJSON(TypedDict):
+    """Ranked passages for one question; ``error`` (question unusable) and ``warning`` only when set."""
+
+    query: str
+    hits: list[HitJSON]
+    error: NotRequired[str]
+    warning: NotRequired[str]
+
+
+class AskJSON(SearchJSON):
+    """A search plus the extractive ``answer`` with [n] markers, whether it ``abstained`` (answer is
+    在报告中未找到相关内容), whether it carries a ``caution`` note, the answerability model's
+    ``unanswerable_probability`` (null for BM25 only) and the cited ``sources``."""
+
+    answer: str
+    abstained: bool
+    caution: bool
+    unanswerable_probability: float | None
+    sources: list[SourceJSON]
 
 
 @dataclass
@@ -37,7 +95,7 @@ class Hit:
         """Citation ID of the passage."""
         return self.chunk.citation
 
-    def to_json(self) -> dict:
+    def to_json(self) -> HitJSON:
         """The hit as in the JSON contract (plus a few optional extras)."""
         return {
             "rank": self.rank, "citation": self.chunk.citation, "source": self.chunk.source,
@@ -78,9 +136,9 @@ class SearchResult:
     warning: str | None = None
     analysed: Query | None = field(default=None, repr=False)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> SearchJSON:
         """The JSON contract: ``{"query", "hits": [...]}`` plus ``error``/``warning`` when set."""
-        payload: dict = {"query": self.query, "hits": [h.to_json() for h in self.hits]}
+        payload: SearchJSON = {"query": self.query, "hits": [h.to_json() for h in self.hits]}
         if self.error:
             payload["error"] = self.error
         if self.warning:
@@ -98,15 +156,13 @@ class AskResult(SearchResult):
     caution: bool = False
     unanswerable_probability: float | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> AskJSON:
         """Search JSON plus ``answer``, ``abstained``, ``caution``, ``unanswerable_probability`` and the
         cited ``sources``."""
-        payload = super().to_json()
-        payload.update({"answer": self.answer, "abstained": self.abstained, "caution": self.caution,
-                        "unanswerable_probability": self.unanswerable_probability,
-                        "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
-                                    for n, h in enumerate(self.sources, start=1)]})
-        return payload
+        return {**super().to_json(), "answer": self.answer, "abstained": self.abstained, "caution": self.caution,
+                "unanswerable_probability": self.unanswerable_probability,
+                "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
+                            for n, h in enumerate(self.sources, start=1)]}
 
     @property
     def closest(self) -> list[Hit]:

@@ -2,6 +2,7 @@
 #   make run    install everything, fetch the model, index ./corpus, open the UI on http://127.0.0.1:7860
 #   make test   install everything (browser and CJK font included) and run the test suite
 #   make test-fast   only the tests that do not need the real embedding model (a tiny local one)
+#   make serve  like make run, but the UI and the HTTP API together on http://127.0.0.1:8000 (UI at /ui/, API at /v1)
 #   make ask Q="GPT-3 的参数量是多少？"
 SHELL := /bin/bash
 VENV ?= .venv
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup model browser index run ask test test-fast eval bench lint
+.PHONY: setup model browser index run serve ask test test-fast eval bench lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +36,9 @@ index: setup
 
 run: index
 	$(RAG) ui
+
+serve: index
+	$(RAG) serve
 
 ask: index
 	$(RAG) ask "$(Q)"

@@ -271,5 +271,23 @@ def ui_command(ctx, host: str, port: int) -> None:
     launch(_qa(ctx), host=host, port=port)
 
 
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback requires $RAG_API_KEY.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Browser origin allowed to call the API (repeatable; default: $RAG_CORS_ORIGINS, comma-separated, "
+                   "else none).")
+@click.pass_context
+@handle_errors
+def serve_command(ctx, host: str, port: int, cors_origins: tuple[str, ...]) -> None:
+    """Serve the HTTP API (REST under /v1, OpenAI-compatible chat) and the UI (/ui/) in one process."""
+    from .server import API_KEY_ENV, CORS_ENV, serve
+
+    origins = list(cors_origins) or [o.strip() for o in os.environ.get(CORS_ENV, "").split(",") if o.strip()]
+    serve(_qa(ctx), host=host, port=port, api_key=os.environ.get(API_KEY_ENV) or None, cors_origins=origins,
+          echo=click.echo)
+
+
 if __name__ == "__main__":
     main()

@@ -56,6 +56,24 @@ def answer_text(result: AskResult) -> str:
     return "\n".join(lines)
 
 
+def answer_markdown(result: AskResult) -> str:
+    """``answer_text`` for chat front-ends that render Markdown (the OpenAI-compatible endpoint).
+
+    The same caution, answer, numbered sources and closest passages, as paragraphs and list items:
+    Markdown joins single line breaks, which would run the numbered sources into one line.
+    """
+    if result.error:
+        return result.error
+    parts = [CAUTION, result.answer] if result.caution else [result.answer]
+    if result.sources:
+        parts.append("来源：\n\n" + "\n".join(f"- {line}" for line in format_sources(result.sources)))
+    if result.closest:
+        parts.append(CLOSEST_TITLE + "\n\n" + "\n".join(
+            f"- {line}\n  {excerpt(hit.chunk.text)}"
+            for line, hit in zip(format_sources(result.closest), result.closest, strict=True)))
+    return "\n\n".join(parts)
+
+
 def hits_text(result: SearchResult) -> str:
     """Ranked passages as plain text (what ``rag search`` prints)."""
     if result.error:

@@ -23,6 +23,7 @@ build started from this UI is running. ``ask`` is also a JSON endpoint (``api_na
 
 from __future__ import annotations
 
+import hmac
 import html
 import logging
 import os
@@ -348,7 +349,29 @@ def launch(qa: ReportQA, host: str = "127.0.0.1", port: int = 7860, *, block: bo
         print(f"警告 / warning: listening on {host}, reachable from other machines; there is no login.")
     app = build_app(qa, concurrency=concurrency)
     app.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-               show_error=False, quiet=not block, footer_links=["api"], run_history=False, enable_monitoring=False,
-               mcp_server=False, ssr_mode=False, pwa=False, max_file_size=2 * MAX_UPLOAD_BYTES,
-               theme=_theme(), css=CSS)
+               quiet=not block, **_serving_options())
     return app
+
+
+def _serving_options() -> dict:
+    # The same for `rag ui` and `rag serve`: no tracebacks shown, no run history, monitoring, MCP,
+    # server-side rendering or PWA; the upload limit leaves room over the API's own 20 MB check.
+    return {"show_error": False, "footer_links": ["api"], "run_history": False, "enable_monitoring": False,
+            "mcp_server": False, "ssr_mode": False, "pwa": False, "max_file_size": 2 * MAX_UPLOAD_BYTES,
+            "theme": _theme(), "css": CSS}
+
+
+def mount(parent, qa: ReportQA, path: str, *, password: str | None = None,
+          concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
+    """Mount the UI for ``qa`` at ``path`` of a FastAPI app (``rag serve``: one process, one model and index).
+
+    With ``password`` the UI asks for it on a login page (any user name), the way a browser can
+    present the API key. Returns the mounted ``Blocks`` (``close()`` it to end its event streams
+    before the server stops).
+    """
+    def check(_user: str, given: str) -> bool:
+        return password is not None and hmac.compare_digest(given.encode(), password.encode())
+
+    blocks = build_app(qa, concurrency=concurrency)
+    gr.mount_gradio_app(parent, blocks, path=path, auth=check if password else None, **_serving_options())
+    return blocks

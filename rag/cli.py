@@ -285,8 +285,11 @@ def serve_command(ctx, host: str, port: int, cors_origins: tuple[str, ...]) -> N
     from .server import API_KEY_ENV, CORS_ENV, serve
 
     origins = list(cors_origins) or [o.strip() for o in os.environ.get(CORS_ENV, "").split(",") if o.strip()]
-    serve(_qa(ctx), host=host, port=port, api_key=os.environ.get(API_KEY_ENV) or None, cors_origins=origins,
-          echo=click.echo)
+    try:
+        serve(_qa(ctx), host=host, port=port, api_key=os.environ.get(API_KEY_ENV) or None, cors_origins=origins,
+              echo=click.echo)
+    except KeyboardInterrupt:  # Ctrl+C is how a server is stopped: uvicorn re-raises it after shutting down
+        click.echo("已停止 / stopped")
 
 
 if __name__ == "__main__":

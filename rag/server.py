@@ -466,11 +466,12 @@ class BuildTracker:
             self._state = BuildState(state="running", kind=kind, started_at=_now())
 
     def progress(self, done: int, total: int) -> None:
-        """The build's progress callback (a new total, or a count going back, starts the next phase)."""
+        """The build's progress callback. Each phase reports after every batch and ends with done == total,
+        so a report after a finished phase starts the next one."""
         with self._lock:
             current = self._state.progress
             phase = 1 if current is None else current.phase
-            if current is not None and (total != current.total or done < current.done):
+            if current is not None and current.done >= current.total:
                 phase += 1
             self._state.progress = BuildProgress(phase=phase, stage=STAGES.get(phase, f"phase {phase}"),
                                                  done=done, total=total)
@@ -604,13 +605,17 @@ class Service:
         return await self.compute(self._query, run)
 
     async def index_status(self) -> IndexStatus:
-        """Readiness, build state and report count."""
+        """Readiness, build state and report count.
+
+        Not queued behind questions (anyio's own thread pool, not ``compute``): with the index loaded
+        this is cheap, and a build's progress must stay readable while the workers are busy.
+        """
         def status() -> IndexStatus:
             message = self.qa.index_status()
             return IndexStatus(ready=message is None, building=self.qa.building, message=message,
                                reports=None if message else len(self.qa.reports()), build=self.builds.snapshot())
 
-        return await self.compute(status)
+        return await anyio.to_thread.run_sync(status)
 
 
 def _is_loopback(host: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -417,7 +418,8 @@ def test_upload_indexes_a_report_and_delete_removes_it(admin, writable):
     assert (writable.corpus_dir / "星河报告.md").is_file()
     status = admin.get("/v1/index").json()["build"]
     assert status["kind"] == "upload" and status["state"] == "succeeded"
-    assert status["progress"]["done"] == status["progress"]["total"] > 0  # new passages were embedded
+    progress = status["progress"]  # passages, then their sentences, were embedded: two phases
+    assert (progress["phase"], progress["stage"]) == (2, "sentences") and progress["done"] == progress["total"] > 0
     found = admin.post("/v1/ask", json={"query": "星河大模型是什么时候发布的？", "sources": ["星河报告.md"]}).json()
     assert found["sources"][0]["citation"].startswith("星河报告.md:") and "2024年5月20日" in found["answer"]
     assert "星河报告.md" in [r["name"] for r in admin.get("/v1/reports").json()["reports"]]
@@ -574,8 +576,13 @@ def test_rag_serve_command(tiny_qa, tmp_path):
         reports = httpx.get(f"{url}/v1/reports", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
         assert [r["name"] for r in reports.json()["reports"]] == SEED_FILES
     finally:
-        process.terminate()
-        process.wait(30)
+        process.send_signal(signal.SIGINT)  # Ctrl+C
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
     output = Path(log.name).read_text()
-    assert "需要 API 密钥" in output and f"http://127.0.0.1:{port}/ui/" in output
-    assert "Traceback" not in output
+    assert process.returncode == 0, output
+    assert "需要 API 密钥" in output and f"http://127.0.0.1:{port}/ui/" in output and "已停止" in output
+    assert "Traceback" not in output and "错误" not in output

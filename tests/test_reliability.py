@@ -1,0 +1,203 @@
+"""Reliability (issue #14): nothing escapes the corpus, nothing is overwritten, every skip is told.
+
+Document-level tests need no model; the few that need an index build one over one or two short
+texts (their embeddings are cached by content hash after the first run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from rag.documents import load_corpus, load_document, scan_corpus
+from rag.errors import RagError
+
+REPORT = "阿里云发布了通义千问大模型，首批合作伙伴包括浙江大学和中国石化。\n通义千问支持多轮对话与文案创作。\n"
+OTHER = "百度的文心一言于2023年3月发布，主要面向搜索和办公场景。\n文心一言的底座是ERNIE 3.0。\n"
+
+
+def make_corpus(folder: Path, files: dict[str, str] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (files or {"report.txt": REPORT}).items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def reasons(failures) -> dict[str, str]:
+    return {failure.source: failure.reason for failure in failures}
+
+
+def assert_one_bilingual_line(reason: str, name: str) -> None:
+    assert reason.startswith(f"{name}: ")
+    assert "\n" not in reason and " / " in reason
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in reason), "Chinese first"
+
+
+# --- symlinks and special files ----------------------------------------------------------------
+
+def test_symlink_outside_the_corpus_is_not_read(tmp_path):
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:root:/root:/bin/bash 机密内容不应被索引\n", encoding="utf-8")
+    corpus = make_corpus(tmp_path / "corpus")
+    (corpus / "passwd_link.txt").symlink_to(secret)
+    (corpus / "etc_link.txt").symlink_to("/etc/passwd")
+    (corpus / "up_link.txt").symlink_to("../outside/secret.txt")  # relative, still outside
+
+    documents, failures = load_corpus(corpus)
+    assert [d.source for d in documents] == ["report.txt"]
+    assert all("root:x" not in d.text for d in documents)
+    found = reasons(failures)
+    for name in ("passwd_link.txt", "etc_link.txt", "up_link.txt"):
+        assert "语料目录之外" in found[name] and "outside the corpus" in found[name]
+        assert_one_bilingual_line(found[name], name)
+
+
+def test_symlink_inside_the_corpus_is_read_under_its_own_name(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    (corpus / "alias.txt").symlink_to("report.txt")
+    (corpus / "abs_alias.md").symlink_to(corpus / "report.txt")
+    documents, failures = load_corpus(corpus)
+    assert failures == []
+    assert sorted(d.source for d in documents) == ["abs_alias.md", "alias.txt", "report.txt"]
+    assert len({d.text for d in documents}) == 1
+
+
+def test_a_corpus_folder_reached_through_a_link_still_reads(tmp_path):
+    real = make_corpus(tmp_path / "real")
+    (real / "alias.txt").symlink_to(real / "report.txt")
+    linked = tmp_path / "linked"
+    linked.symlink_to(real)
+    documents, failures = load_corpus(linked)
+    assert failures == [] and sorted(d.source for d in documents) == ["alias.txt", "report.txt"]
+
+
+def test_fifo_does_not_hang_and_is_reported(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    os.mkfifo(corpus / "pipe.txt")
+    (corpus / "pipe_link.txt").symlink_to("pipe.txt")
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=load_corpus(corpus)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "load_corpus blocked on a FIFO"
+    documents, failures = outcome["result"]
+    assert [d.source for d in documents] == ["report.txt"]
+    found = reasons(failures)
+    for name in ("pipe.txt", "pipe_link.txt"):
+        assert "特殊文件" in found[name] and "FIFO" in found[name]
+        assert_one_bilingual_line(found[name], name)
+
+
+def test_reading_a_fifo_directly_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.txt")
+    outcome: dict = {}
+
+    def read() -> None:
+        try:
+            load_document(tmp_path / "pipe.txt")
+        except RagError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "load_document blocked on a FIFO"
+    assert "不是普通文件" in outcome["error"]
+
+
+def test_hidden_entries_folders_and_dangling_links_each_get_one_line(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    (corpus / ".draft.txt").write_text(OTHER, encoding="utf-8")
+    (corpus / ".git").mkdir()
+    (corpus / "archive").mkdir()
+    (corpus / "archive" / "old.txt").write_text(OTHER, encoding="utf-8")
+    (corpus / "gone.txt").symlink_to("nowhere.txt")
+    (corpus / "loop.txt").symlink_to("loop.txt")
+    (corpus / "metadata.json").write_text("{}", encoding="utf-8")
+    (corpus / ".replaced").mkdir()  # this tool's own backup folder: skipped without a line
+
+    documents, failures = load_corpus(corpus)
+    assert [d.source for d in documents] == ["report.txt"]
+    found = reasons(failures)
+    assert sorted(found) == [".draft.txt", ".git", "archive", "gone.txt", "loop.txt"]
+    assert "隐藏文件" in found[".draft.txt"] and "hidden file" in found[".draft.txt"]
+    assert "隐藏文件夹" in found[".git"] and "hidden folder" in found[".git"]
+    assert "子文件夹" in found["archive"] and "sub-folder" in found["archive"]
+    for name in ("gone.txt", "loop.txt"):
+        assert "dangling" in found[name]
+    for name, reason in found.items():
+        assert_one_bilingual_line(reason, name)
+
+
+def test_oversize_file_is_skipped_with_its_size(tmp_path, monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus", {"small.txt": REPORT, "big.txt": OTHER * 400})
+    big = (corpus / "big.txt").stat().st_size
+    documents, failures = load_corpus(corpus, max_bytes=big - 1)
+    assert [d.source for d in documents] == ["small.txt"]
+    (failure,) = failures
+    assert failure.source == "big.txt" and "超过上限" in failure.reason and "RAG_MAX_FILE_MB" in failure.reason
+    assert_one_bilingual_line(failure.reason, "big.txt")
+    # The default limit comes from RAG_MAX_FILE_MB (megabytes)
+    monkeypatch.setenv("RAG_MAX_FILE_MB", str((big - 1) / (1024 * 1024)))
+    assert [f.name for f in scan_corpus(corpus)[0]] == ["small.txt"]
+    monkeypatch.setenv("RAG_MAX_FILE_MB", "20")
+    assert [f.name for f in scan_corpus(corpus)[0]] == ["big.txt", "small.txt"]
+    monkeypatch.setenv("RAG_MAX_FILE_MB", "-3")
+    with pytest.raises(RagError, match="RAG_MAX_FILE_MB"):
+        scan_corpus(corpus)
+
+
+# --- encodings and PDF warnings ----------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_utf16_text_is_decoded(tmp_path, encoding):
+    path = tmp_path / "report.txt"
+    text = "GPT-3 的参数量为1750亿。\n阿里发布通义大模型，参数规模达到10万亿。\n"
+    path.write_bytes(text.encode(encoding))
+    assert load_document(path).text == text.strip()
+
+
+def test_random_bytes_are_still_binary(tmp_path):
+    path = tmp_path / "noise.txt"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(RagError, match="binary file"):
+        load_document(path)
+
+
+def _ascii_pdf(path: Path, truncate_eof: bool = False) -> Path:
+    fpdf = pytest.importorskip("fpdf")
+    pdf = fpdf.FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.multi_cell(0, 8, "Quarterly report: revenue grew 12 percent, margins were stable.")
+    data = bytes(pdf.output())
+    if truncate_eof:  # "%%EO": pypdf reads it, logging "EOF marker seems truncated"
+        data = data[:data.rindex(b"%%EOF") + 4]
+    path.write_bytes(data)
+    return path
+
+
+def test_pdf_warning_is_reported_with_the_file_name(tmp_path, caplog):
+    path = _ascii_pdf(tmp_path / "no_eof.pdf", truncate_eof=True)
+    with caplog.at_level(logging.WARNING):
+        document = load_document(path)
+    assert "revenue grew" in document.text
+    assert not [r for r in caplog.records if r.name.startswith("pypdf")], "pypdf's bare warning leaked"
+    ours = [r.getMessage() for r in caplog.records if r.name == "rag.documents"]
+    assert len(ours) == 1 and "no_eof.pdf" in ours[0] and "EOF marker" in ours[0]
+
+
+def test_pdf_failure_message_carries_pypdf_warnings(tmp_path, caplog):
+    path = tmp_path / "truncated.pdf"
+    path.write_bytes(b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R\n" + b"x" * 512)
+    with caplog.at_level(logging.WARNING), pytest.raises(RagError) as caught:
+        load_document(path)
+    assert "truncated.pdf" in str(caught.value) and "\n" not in str(caught.value)
+    assert not [r for r in caplog.records if r.name.startswith("pypdf")]
+    assert logging.getLogger("pypdf").propagate, "the pypdf logger is restored"
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -201,3 +202,45 @@ def test_pdf_failure_message_carries_pypdf_warnings(tmp_path, caplog):
     assert not [r for r in caplog.records if r.name.startswith("pypdf")]
     assert logging.getLogger("pypdf").propagate, "the pypdf logger is restored"
 
+
+# --- metadata.json -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", [0o644, 0o664, 0o600])
+def test_metadata_rewrite_keeps_the_file_mode(tmp_path, mode):
+    from rag.metadata import ReportInfo, forget_report, load_metadata, save_metadata
+
+    corpus = make_corpus(tmp_path / "corpus")
+    path = corpus / "metadata.json"
+    path.write_text('{"report.txt": {"title": "旧标题"}}', encoding="utf-8")
+    os.chmod(path, mode)
+    save_metadata(corpus, {"report.txt": ReportInfo(title="新标题"), "b.txt": ReportInfo(institution="某证券")})
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert load_metadata(corpus)["report.txt"].title == "新标题"
+    assert forget_report(corpus, "report.txt") and not forget_report(corpus, "report.txt")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert list(load_metadata(corpus)) == ["b.txt"]
+    assert sorted(p.name for p in corpus.iterdir()) == ["metadata.json", "report.txt"], "no temporary left"
+
+
+def test_new_metadata_file_follows_the_umask(tmp_path):
+    from rag.metadata import ReportInfo, save_metadata
+
+    corpus = make_corpus(tmp_path / "corpus")
+    old = os.umask(0o022)
+    try:
+        save_metadata(corpus, {"report.txt": ReportInfo(title="标题")})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((corpus / "metadata.json").stat().st_mode) == 0o644
+
+
+def test_metadata_fifo_does_not_block(tmp_path):
+    from rag.metadata import load_metadata
+
+    corpus = make_corpus(tmp_path / "corpus")
+    os.mkfifo(corpus / "metadata.json")
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=load_metadata(corpus)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive() and outcome["result"] == {}

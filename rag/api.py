@@ -114,6 +114,8 @@ class AskResult(SearchResult):
 
 def clean_query(query: str) -> tuple[str, str | None]:
     """Drop control characters and trim; returns (query, warning). Raises for empty questions."""
+    if query is not None and not isinstance(query, str):
+        raise RagError(f"问题必须是文本，收到的是 {type(query).__name__} / the question must be a string")
     cleaned = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in query or "")
     cleaned = re.sub(r"\s+", " ", cleaned).strip()
     if not cleaned:
@@ -219,8 +221,9 @@ class ReportQA:
         try:
             cleaned, warning = clean_query(query)
         except RagError as exc:
-            return SearchResult(query=query or "", error=str(exc))
+            return SearchResult(query=query if isinstance(query, str) else "", error=str(exc))
         top_k = clamp_top_k(top_k)
+        self.check_sources(sources)
         hits = self.retriever.search(cleaned, top_k=top_k, mode=mode, sources=sources or None)
         return SearchResult(query=query, hits=hits, warning=warning)
 
@@ -251,12 +254,23 @@ class ReportQA:
                               similarities=similarities if has_dense_scores(hits) else None,
                               similarity_weight=self.settings.answer_similarity_weight)
 
+    def check_sources(self, sources: list[str] | None) -> None:
+        """Raise ``RagError`` naming every report in a search filter that is not in the index.
+
+        An unknown name would otherwise filter every passage out and read as "not found".
+        """
+        unknown = [str(source) for source in sources or [] if source not in self.index.documents]
+        if unknown:
+            raise RagError(f"筛选条件中的报告不存在：{'、'.join(unknown)} / unknown report in the filter: "
+                           f"{', '.join(unknown)}")
+
     def cite(self, citation: str) -> CitationView:
         """Look up a citation ID."""
         return lookup(self.index, citation)
 
     def find(self, phrase: str, sources: list[str] | None = None) -> list[CitationView]:
         """Passages that contain a quoted phrase."""
+        self.check_sources(sources)
         return find_phrase(self.index, phrase, sources)
 
     def reports(self) -> dict[str, str]:

@@ -334,12 +334,13 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
     def ask_result(question: str, reports, top_k) -> AskResult:
         """The API's answer, or an error result while the index is unusable."""
         status = status_markdown()
+        query = question if isinstance(question, str) else ""
         if status:
-            return AskResult(query=question or "", error=status, answer=status, abstained=True)
+            return AskResult(query=query, error=status, answer=status, abstained=True)
         try:
             return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports))
         except RagError as exc:
-            return AskResult(query=question or "", error=str(exc), answer=str(exc), abstained=True)
+            return AskResult(query=query, error=str(exc), answer=str(exc), abstained=True)
 
     def render_answer(question: str, reports, top_k) -> str:
         try:
@@ -443,6 +444,9 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
     def api_ask(question: str, top_k: int = DEFAULT_TOP_K, reports: list[str] | None = None) -> dict:
         """Answer a question. Returns the ``rag ask --json`` object (``answer`` with [n] markers,
         ``sources``, ``hits``, ``error``/``warning`` when set) plus ``text``, the plain-text rendering."""
+        # JSON clients may send a number ("2023"); anything else that is not text gets an error result.
+        if isinstance(question, (int, float)) and not isinstance(question, bool):
+            question = str(question)
         result = ask_result(question, reports, top_k)
         return {**result.to_json(), "text": result.render()}
 

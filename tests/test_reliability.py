@@ -244,3 +244,96 @@ def test_metadata_fifo_does_not_block(tmp_path):
     worker.start()
     worker.join(timeout=20)
     assert not worker.is_alive() and outcome["result"] == {}
+
+
+# --- an index over two short reports -----------------------------------------------------------
+
+LINES = [
+    "# 星河科技大模型专题报告",
+    "",
+    "星河科技在二零二四年发布了天枢大模型，该模型面向金融文档审阅场景并已完成首批部署",  # joined with the next
+    "首批客户包括三家城市商业银行和两家保险公司。",
+    "天枢大模型采用混合专家结构，推理成本下降四成。",
+    "公司计划明年推出面向保险行业的专用版本。",
+    "管理层预计商业化收入三年内超过传统软件业务。",
+    "训练使用了八百张加速卡，训练周期为四十五天。",
+    "训练数据包括两千万份公开公告和研究报告。",
+    "后续版本计划在医疗影像领域落地。",
+    "预计下一代模型的训练成本将下降一半。",
+    "绿色算力中心预计二零二五年投入使用。",
+]
+STAR = "\n".join(LINES) + "\n"
+SECRET = "root:x:0:0:root:/root:/bin/bash 这是语料目录之外的机密文件\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_qa(tmp_path_factory):
+    from rag.api import ReportQA
+
+    base = tmp_path_factory.mktemp("tiny")
+    corpus = make_corpus(base / "corpus", {"star.txt": STAR, "wenxin.txt": OTHER})
+    (base / "secret.txt").write_text(SECRET, encoding="utf-8")
+    (corpus / "passwd_link.txt").symlink_to(base / "secret.txt")
+    os.mkfifo(corpus / "pipe.txt")
+    qa = ReportQA(corpus_dir=corpus, index_dir=base / "index")
+    report = qa.build()
+    assert report.documents == 2
+    assert sorted(f.source for f in report.failures) == ["passwd_link.txt", "pipe.txt"]
+    return qa
+
+
+def cli(qa, *args: str):
+    from click.testing import CliRunner
+
+    from rag.cli import main
+
+    return CliRunner().invoke(main, ["--corpus", str(qa.corpus_dir), "--index", str(qa.index_dir), *args])
+
+
+def test_linked_secret_is_not_searchable(tiny_qa):
+    assert set(tiny_qa.reports()) == {"star.txt", "wenxin.txt"}
+    for mode in ("bm25", "hybrid"):
+        for hit in tiny_qa.search("root:x:0:0", mode=mode).hits:
+            assert "root:x" not in hit.chunk.text and "机密" not in hit.chunk.text
+
+
+def test_unknown_report_in_the_filter_is_an_error(tiny_qa):
+    for call in (tiny_qa.search, tiny_qa.ask):
+        with pytest.raises(RagError) as caught:
+            call("天枢大模型用了多少张加速卡", sources=["star.txt", "nope.txt"])
+        message = str(caught.value)
+        assert "nope.txt" in message and "不存在" in message and "unknown report" in message
+        assert "star.txt" not in message
+    with pytest.raises(RagError, match="nope.txt"):
+        tiny_qa.find("天枢", sources=["nope.txt"])
+    hits = tiny_qa.search("天枢大模型用了多少张加速卡", sources=["star.txt"]).hits
+    assert hits and {h.chunk.source for h in hits} == {"star.txt"}
+
+
+@pytest.mark.parametrize("command", ["search", "ask"])
+def test_cli_unknown_source_is_one_line_and_exit_1(tiny_qa, command):
+    result = cli(tiny_qa, command, "--source", "nope.txt", "天枢大模型用了多少张加速卡")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert "nope.txt" in line and "unknown report" in line
+
+
+def _ask_endpoint(qa):
+    from rag import webui
+
+    app = webui.build_app(qa)
+    (function,) = [block.fn for block in app.fns.values() if block.api_name == "ask"]
+    return function
+
+
+def test_ask_endpoint_takes_a_number_or_says_what_is_wrong(tiny_qa):
+    ask = _ask_endpoint(tiny_qa)
+    numeric = ask(2024)
+    assert numeric["query"] == "2024" and isinstance(numeric["answer"], str) and "error" not in numeric
+    for bad in ([1, 2], {"q": 1}):
+        result = ask(bad)
+        assert result["abstained"] and "问题必须是文本" in result["error"]
+    assert "问题为空" in ask(None)["error"]
+    unknown = ask("天枢大模型用了多少张加速卡", 5, ["nope.txt"])
+    assert unknown["abstained"] and "nope.txt" in unknown["error"]

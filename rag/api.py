@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +34,11 @@ from .answer import (
 from .answerability import TOP_PASSAGES
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
-from .documents import SUPPORTED_SUFFIXES, load_document
+from .documents import REPLACED_DIR, SUPPORTED_SUFFIXES, file_sha256, load_document, max_file_bytes
 from .embed import Embedder, EmbeddingCache, load_embedder
 from .errors import RagError
 from .index import BuildReport, Index, build_index, read_manifest
+from .metadata import forget_report
 from .rerank import load_reranker
 from .retrieve import MAX_QUERY_CHARS, MODES, FusionSettings, Hit, Retriever
 
@@ -175,6 +178,8 @@ class ReportQA:
         with self._build_lock:
             report = build_index(self.corpus_dir, self.index_dir, self.embedder, self.settings.chunker,
                                  cache=self.cache or EmbeddingCache(), force=force, progress=progress, log=log)
+            # Replaced uploads were kept only until a build indexed what replaced them.
+            shutil.rmtree(self.corpus_dir / REPLACED_DIR, ignore_errors=True)
         with self._lock:
             self._retriever = None  # reloaded on next use; the old index served queries meanwhile
         return report
@@ -277,8 +282,16 @@ class ReportQA:
         """File name → human label of every indexed report."""
         return {source: doc.label for source, doc in sorted(self.index.documents.items())}
 
-    def add_report(self, path: Path | str, name: str | None = None, progress=None) -> BuildReport:
-        """Copy a report into the corpus (validated, name sanitised) and index it incrementally."""
+    def add_report(self, path: Path | str, name: str | None = None, progress=None,
+                   replace: bool = False) -> BuildReport:
+        """Copy a report into the corpus (validated, name sanitised) and index it incrementally.
+
+        An upload never overwrites silently: a report of the same name is only replaced when
+        ``replace`` is true; otherwise ``ReportExists`` is raised (its ``identical`` flag says the
+        same bytes are already there, so nothing needs doing). A replaced file is kept in the
+        corpus' hidden ``.replaced/`` folder until the next build completes, and its entry in
+        ``metadata.json`` is reset so the old title is not shown for the new content.
+        """
         path = Path(path)
         safe_name = safe_file_name(name or path.name)
         if Path(safe_name).suffix.lower() not in SUPPORTED_SUFFIXES:
@@ -286,15 +299,53 @@ class ReportQA:
         size = path.stat().st_size
         if size == 0:
             raise RagError(f"{safe_name}: 文件为空 / empty file")
-        if size > MAX_UPLOAD_BYTES:
-            raise RagError(f"{safe_name}: 文件超过 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB / file too large")
+        limit = min(MAX_UPLOAD_BYTES, max_file_bytes())  # the build would skip a larger file anyway
+        if size > limit:
+            raise RagError(f"{safe_name}: 文件超过 {limit / (1024 * 1024):g} MB / file too large")
         load_document(path, source=safe_name)  # raises a clear error before the corpus is touched
         self.corpus_dir.mkdir(parents=True, exist_ok=True)
         target = self.corpus_dir / safe_name
-        temporary = self.corpus_dir / f".upload-{os.getpid()}-{safe_name}"
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, target)
+        with self._build_lock:  # no build may list the corpus between the backup and the swap
+            replaced = self._check_existing(path, target, replace)
+            temporary = self.corpus_dir / f".upload-{os.getpid()}-{safe_name}"
+            shutil.copyfile(path, temporary)
+            if replaced:
+                backup = self.corpus_dir / REPLACED_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns()}"
+                backup.mkdir(parents=True)
+                shutil.copy2(target, backup / safe_name)
+            os.replace(temporary, target)
+            # The upload is new content: whatever metadata.json said about an earlier file of
+            # this name (a replaced or deleted report) no longer describes it.
+            forget_report(self.corpus_dir, safe_name)
         return self.build(progress=progress)
+
+    @staticmethod
+    def _check_existing(upload: Path, target: Path, replace: bool) -> bool:
+        """True when ``target`` exists and is to be replaced; raise when the upload must not proceed."""
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            return False
+        name = target.name
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportExists(f"语料目录中已有同名的文件夹、链接或特殊文件 {name}，未做更改 / "
+                               f"{name} already exists in the corpus and is not a regular file; nothing changed")
+        if file_sha256(target) == file_sha256(upload):
+            raise ReportExists(f"报告 {name} 已存在，内容完全相同，无需更改 / {name} is already in the corpus "
+                               "with identical content; nothing changed", identical=True)
+        if not replace:
+            raise ReportExists(f"已有同名报告 {name}（内容不同），未覆盖。如需替换，请勾选“替换同名报告”后重新上传，"
+                               f"或改名后上传 / a different report named {name} already exists; not overwritten "
+                               "(pass replace=True to replace it)")
+        return True
+
+
+class ReportExists(RagError):
+    """An upload was refused because a report of that name exists (``identical``: same bytes)."""
+
+    def __init__(self, message: str, identical: bool = False):
+        super().__init__(message)
+        self.identical = identical
 
 
 def safe_file_name(name: str) -> str:

@@ -12,7 +12,8 @@ Layout (all text in Chinese):
   slider that apply to the next question and re-answer the last one when changed;
 * 引用查询 tab: a citation ID (``qa.cite``) or a quoted phrase (``qa.find``) shown in context;
 * 添加报告 tab: upload a .txt/.md/.pdf report, which is validated, copied into the corpus and
-  indexed incrementally by ``qa.add_report``.
+  indexed incrementally by ``qa.add_report``; a report of the same name is replaced only when
+  替换同名报告 is ticked.
 
 This module only formats and wires: every retrieval, answer, citation and ingest decision is
 made by ``ReportQA``. The one piece of state it keeps is per browser session (``gr.State``: the
@@ -36,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from .answer import CAUTION, CLOSEST_TITLE  # noqa: E402
-from .api import MAX_UPLOAD_BYTES, AskResult, ReportQA, safe_file_name  # noqa: E402
+from .api import MAX_UPLOAD_BYTES, AskResult, ReportExists, ReportQA, safe_file_name  # noqa: E402
 from .cite import CITATION, CitationView  # noqa: E402
 from .errors import RagError  # noqa: E402
 from .retrieve import Hit, query_terms  # noqa: E402
@@ -407,14 +408,18 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
                 gr.update(visible=bool(status) and not qa.building),
                 reports_table(qa))
 
-    def on_add_report(file_path: str | None, selected, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
+    def on_add_report(file_path: str | None, selected, replace: bool = False,
+                      progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
         if not file_path:
             return ("请选择要上传的报告文件。", *refresh(selected))
         path = Path(file_path)  # gradio keeps the uploaded file's own (sanitised) name
         try:
             stored = safe_file_name(path.name)
-            report = qa.add_report(path, name=path.name,
+            report = qa.add_report(path, name=path.name, replace=bool(replace),
                                    progress=_progress_adapter(progress, "正在为新报告建立索引"))
+        except ReportExists as exc:
+            title = "未做更改" if exc.identical else "未添加"
+            return (f"**{title}**：{html.escape(str(exc))}", *refresh(selected))
         except RagError as exc:
             return (f"**添加失败**：{html.escape(str(exc))}", *refresh(selected))
         except Exception as exc:  # a broken file must not break the app or the index
@@ -498,6 +503,9 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
             with gr.Tab("添加报告", id="upload"):
                 gr.Markdown(f"上传 **.txt / .md / .pdf** 报告（不超过 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB）。"
                             "文件经检查后复制到语料目录，并增量更新索引；完成后即可检索，无需重启。")
+                replace_box = gr.Checkbox(False, label="替换同名报告", elem_id="rag-upload-replace",
+                                          info="默认不覆盖已有报告；勾选后才替换，旧版本在新索引完成前"
+                                               "暂存于语料目录的 .replaced/ 中")
                 upload = gr.File(label="报告文件", file_count="single", type="filepath", elem_id="rag-upload")
                 upload_status = gr.Markdown(elem_id="rag-upload-status")
                 with gr.Accordion("已索引的报告", open=True):
@@ -520,7 +528,7 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         chatbot.clear(on_clear, None, [chatbot, state], queue=False, api_visibility="private")
         lookup_btn.click(on_lookup, [lookup_input], [lookup_out], api_name="lookup")
         lookup_input.submit(on_lookup, [lookup_input], [lookup_out], api_visibility="private")
-        upload.upload(on_add_report, [upload, report_filter], [upload_status, *refresh_outputs],
+        upload.upload(on_add_report, [upload, report_filter, replace_box], [upload_status, *refresh_outputs],
                       api_name="add_report", concurrency_limit=1, concurrency_id="index", show_progress_on=upload)
         build_btn.click(on_build, [report_filter], refresh_outputs, concurrency_limit=1, concurrency_id="index",
                         show_progress_on=status_md, api_visibility="private")

@@ -337,3 +337,140 @@ def test_ask_endpoint_takes_a_number_or_says_what_is_wrong(tiny_qa):
     assert "问题为空" in ask(None)["error"]
     unknown = ask("天枢大模型用了多少张加速卡", 5, ["nope.txt"])
     assert unknown["abstained"] and "nope.txt" in unknown["error"]
+
+
+# --- uploads never overwrite silently ----------------------------------------------------------
+
+JUNK = "这是一份误传的草稿，只有一句话。\n"
+
+
+@pytest.fixture
+def upload_qa(tmp_path):
+    import json
+
+    from rag.api import ReportQA
+
+    corpus = make_corpus(tmp_path / "corpus", {"star.txt": STAR, "wenxin.txt": OTHER})
+    (corpus / "metadata.json").write_text(json.dumps(
+        {"star.txt": {"title": "星河科技大模型专题报告", "institution": "示例证券", "date": "2024-05-01",
+                      "analysts": []}}, ensure_ascii=False), encoding="utf-8")
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index")
+    qa.build()
+    assert qa.index.documents["star.txt"].info.institution == "示例证券"
+    return qa
+
+
+def test_upload_of_an_existing_name_is_refused(upload_qa, tmp_path):
+    from rag.api import ReportExists
+
+    upload = tmp_path / "star.txt"
+    upload.write_text(JUNK, encoding="utf-8")
+    built_at = upload_qa.index.manifest["built_at"]
+    with pytest.raises(ReportExists) as caught:
+        upload_qa.add_report(upload)
+    assert not caught.value.identical
+    assert "已有同名报告" in str(caught.value) and "not overwritten" in str(caught.value)
+    assert (upload_qa.corpus_dir / "star.txt").read_text(encoding="utf-8") == STAR
+    assert upload_qa.index.manifest["built_at"] == built_at, "nothing was rebuilt"
+    assert not (upload_qa.corpus_dir / ".replaced").exists()
+
+
+def test_identical_upload_says_it_is_already_there(upload_qa, tmp_path):
+    from rag.api import ReportExists
+
+    upload = tmp_path / "star.txt"
+    upload.write_text(STAR, encoding="utf-8")
+    for replace in (False, True):
+        with pytest.raises(ReportExists) as caught:
+            upload_qa.add_report(upload, replace=replace)
+        assert caught.value.identical and "已存在" in str(caught.value) and "无需更改" in str(caught.value)
+    assert sorted(p.name for p in upload_qa.corpus_dir.iterdir()) == ["metadata.json", "star.txt", "wenxin.txt"]
+
+
+def test_replace_resets_metadata_and_keeps_a_backup_until_the_build_completes(upload_qa, tmp_path):
+    import uuid
+
+    from rag.metadata import load_metadata
+
+    upload = tmp_path / "star.txt"
+    # new text every run, so the embedding cache cannot skip the build's progress callbacks
+    upload.write_text(f"{JUNK}草稿编号{uuid.uuid4().hex[:12]}。\n", encoding="utf-8")
+    seen: dict = {}
+
+    def progress(done: int, total: int) -> None:  # look at the corpus while the replacing build runs
+        if "backup" not in seen:
+            backups = list((upload_qa.corpus_dir / ".replaced").rglob("star.txt"))
+            seen["backup"] = backups[0].read_text(encoding="utf-8") if backups else None
+            seen["metadata"] = load_metadata(upload_qa.corpus_dir)
+
+    report = upload_qa.add_report(upload, replace=True, progress=progress)
+    assert seen["backup"] == STAR, "the replaced version is recoverable while the build runs"
+    fresh = seen["metadata"].get("star.txt")  # by now the build may have written what it detected
+    assert fresh is None or (fresh.institution, fresh.title) != ("示例证券", "星河科技大模型专题报告"), \
+        "the old title is forgotten"
+    assert report.documents == 2
+    assert (upload_qa.corpus_dir / "star.txt").read_text(encoding="utf-8") == upload.read_text(encoding="utf-8")
+    assert not (upload_qa.corpus_dir / ".replaced").exists(), "deleted after the build completed"
+    info = upload_qa.index.documents["star.txt"].info
+    assert info.institution != "示例证券" and info.title != "星河科技大模型专题报告"
+    assert "示例证券" not in upload_qa.index.documents["star.txt"].label
+
+
+def test_backup_survives_a_failed_build(upload_qa, tmp_path):
+    upload = tmp_path / "star.txt"
+    upload.write_text(JUNK, encoding="utf-8")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("", encoding="utf-8")
+    upload_qa.index_dir = blocker / "index"  # the build cannot write its index there
+    with pytest.raises((RagError, OSError)):
+        upload_qa.add_report(upload, replace=True)
+    (backup,) = (upload_qa.corpus_dir / ".replaced").rglob("star.txt")
+    assert backup.read_text(encoding="utf-8") == STAR
+    documents, failures = load_corpus(upload_qa.corpus_dir)
+    assert failures == [], "the loader skips .replaced without a word"
+    assert sorted(d.source for d in documents) == ["star.txt", "wenxin.txt"]
+
+
+def test_upload_refuses_to_replace_a_folder_or_link(upload_qa, tmp_path):
+    from rag.api import ReportExists
+
+    (upload_qa.corpus_dir / "folder.txt").mkdir()
+    (upload_qa.corpus_dir / "link.txt").symlink_to("wenxin.txt")
+    for name in ("folder.txt", "link.txt"):
+        upload = tmp_path / name
+        upload.write_text(JUNK, encoding="utf-8")
+        with pytest.raises(ReportExists, match="not a regular file"):
+            upload_qa.add_report(upload, replace=True)
+    assert (upload_qa.corpus_dir / "wenxin.txt").read_text(encoding="utf-8") == OTHER
+
+
+def test_ui_upload_refuses_then_replaces_when_ticked(upload_qa, tmp_path):
+    import socket
+
+    from gradio_client import Client, handle_file
+
+    from rag import webui
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = webui.launch(upload_qa, host="127.0.0.1", port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        same = tmp_path / "same" / "star.txt"
+        same.parent.mkdir()
+        same.write_text(STAR, encoding="utf-8")
+        junk = tmp_path / "star.txt"
+        junk.write_text(JUNK, encoding="utf-8")
+        message = client.predict(handle_file(str(same)), [], api_name="/add_report")[0]
+        assert "未做更改" in message and "已存在" in message
+        message = client.predict(handle_file(str(junk)), [], api_name="/add_report")[0]
+        assert "未添加" in message and "替换同名报告" in message
+        assert (upload_qa.corpus_dir / "star.txt").read_text(encoding="utf-8") == STAR
+        message = client.predict(handle_file(str(junk)), [], True, api_name="/add_report")[0]
+        assert "已添加" in message, message
+        assert (upload_qa.corpus_dir / "star.txt").read_text(encoding="utf-8") == JUNK
+        answer = client.predict(12345, 3, None, api_name="/ask")  # a number, through the real endpoint
+        assert answer["query"] == "12345" and isinstance(answer["answer"], str) and "error" not in answer
+    finally:
+        app.close()

@@ -270,8 +270,8 @@ class ReportQA:
                            f"{', '.join(unknown)}")
 
     def cite(self, citation: str) -> CitationView:
-        """Look up a citation ID."""
-        return lookup(self.index, citation)
+        """Look up a citation ID (a line range that is no passage shows exactly those lines)."""
+        return lookup(self.index, citation, corpus_dir=self.corpus_dir)
 
     def find(self, phrase: str, sources: list[str] | None = None) -> list[CitationView]:
         """Passages that contain a quoted phrase."""

@@ -339,6 +339,47 @@ def test_ask_endpoint_takes_a_number_or_says_what_is_wrong(tiny_qa):
     assert unknown["abstained"] and "nope.txt" in unknown["error"]
 
 
+# --- citations of a line range -----------------------------------------------------------------
+
+def test_cite_a_sub_range_shows_exactly_those_lines(tiny_qa):
+    chunk = next(c for c in tiny_qa.index.chunks if c.source == "star.txt" and c.line_start <= 8 <= c.line_end)
+    assert (chunk.line_start, chunk.line_end) != (8, 9), "the range must not be a passage of its own"
+    view = tiny_qa.cite("star.txt:L8-L9")
+    assert view.text == f"{LINES[7]}\n{LINES[8]}"
+    assert (view.line_start, view.line_end) == (8, 9)
+    assert view.document.text[view.start:view.end] == view.text
+    assert view.before().endswith(LINES[6] + "\n") and view.after().startswith("\n" + LINES[9])
+    # line 4 was joined to line 3 in the canonical text: still exactly line 4
+    assert tiny_qa.cite("star.txt:L4-L4").text == LINES[3]
+    assert tiny_qa.cite("star.txt:L12-L40").text == LINES[11], "a range past the end stops at the last line"
+    with pytest.raises(RagError, match="blank"):
+        tiny_qa.cite("star.txt:L2-L2")
+    with pytest.raises(RagError, match="outside"):
+        tiny_qa.cite("star.txt:L30-L40")
+    whole = tiny_qa.cite(chunk.citation)  # a passage's own ID is unchanged
+    assert whole.text == chunk.text
+
+
+def test_cli_cite_sub_range(tiny_qa):
+    result = cli(tiny_qa, "cite", "star.txt:L8-L9", "--context", "30")
+    assert result.exit_code == 0, result.output
+    passage = result.stdout.split("—— 引文 / passage ——\n")[1].split("\n—— 下文 / after ——")[0]
+    assert passage == f"{LINES[7]}\n{LINES[8]}"
+    assert "行 L8-L9" in result.stdout
+
+
+def test_cite_after_the_file_changed_shows_the_passages_with_their_real_lines(tiny_qa):
+    path = tiny_qa.corpus_dir / "star.txt"
+    try:
+        path.write_text(STAR + "新增的一行。\n", encoding="utf-8")
+        view = tiny_qa.cite("star.txt:L8-L9")
+    finally:
+        path.write_text(STAR, encoding="utf-8")
+    assert LINES[7] in view.text and LINES[8] in view.text
+    assert view.line_start < 8 or view.line_end > 9, "labelled with the lines actually shown"
+    assert tiny_qa.cite("star.txt:L8-L9").text == f"{LINES[7]}\n{LINES[8]}"
+
+
 # --- uploads never overwrite silently ----------------------------------------------------------
 
 JUNK = "这是一份误传的草稿，只有一句话。\n"

@@ -77,29 +77,89 @@ def fetch_model_command() -> None:
     fetch_model(log=lambda m: click.echo(m, err=True))
 
 
+SKIP_PREFIX = "跳过 / skipped: "
+ETA_AFTER_SECONDS = 30  # say how long embedding will take only when it is worth waiting for
+
+
 @main.command("index")
 @click.option("--force", is_flag=True, help="Rebuild even when nothing changed.")
+@click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Skip report files larger than this (MB; default: $RAG_MAX_FILE_MB or 20).")
 @click.pass_context
 @handle_errors
-def index_command(ctx: click.Context, force: bool) -> None:
+def index_command(ctx: click.Context, force: bool, max_file_mb: float | None) -> None:
     """Build or update the index of the corpus folder."""
+    from .documents import MAX_FILE_MB_ENV
+
+    previous = os.environ.get(MAX_FILE_MB_ENV)
+    if max_file_mb is not None:
+        os.environ[MAX_FILE_MB_ENV] = repr(max_file_mb)  # the corpus loader reads the limit from here
+    try:
+        _index(ctx, force)
+    finally:
+        if previous is None:
+            os.environ.pop(MAX_FILE_MB_ENV, None)
+        else:
+            os.environ[MAX_FILE_MB_ENV] = previous
+
+
+def eta_line(done: int, total: int, seconds: float) -> str | None:
+    """The time estimate after the first ``done`` of ``total`` texts took ``seconds``, when worth saying.
+
+    The first batch also pays for warming the model up, so the estimate errs long; the progress
+    bar's own estimate follows the later batches.
+    """
+    if done <= 0 or done >= total:
+        return None
+    rate = done / max(seconds, 1e-6)
+    remaining = (total - done) / rate
+    if remaining < ETA_AFTER_SECONDS:
+        return None
+    minutes = max(1, round(remaining / 60))
+    return (f"预计还需约 {minutes} 分钟（首批实测 {rate:.1f} 段/秒） / about {minutes} min left "
+            f"(first batch: {rate:.1f} texts/s)")
+
+
+def _index(ctx: click.Context, force: bool) -> None:
+    import time
+
     from tqdm import tqdm
 
+    from .documents import format_size, max_file_bytes, scan_corpus
+
     qa = _qa(ctx)
-    bar: dict = {}
+    files, _ = scan_corpus(qa.corpus_dir)
+    click.echo(f"语料 / corpus: {len(files)} 个文件 / files, {format_size(sum(f.size for f in files))} "
+               f"(单个文件上限 / per-file limit {format_size(max_file_bytes())})", err=True)
+    # Time of the last thing the build told us: embedding of a stage starts right after it.
+    stage: dict = {"bar": None, "count": 0, "last_event": time.monotonic()}
 
     def progress(done: int, total: int) -> None:
-        if "bar" not in bar or bar["bar"].total != total:
-            if "bar" in bar:
-                bar["bar"].close()
-            label = "embedding passages" if "bar" not in bar else "embedding sentences"
-            bar["bar"] = tqdm(total=total, desc=label, unit="text", file=sys.stderr)
-        bar["bar"].n = done
-        bar["bar"].refresh()
+        # Called after each embedded batch, for passages and then for sentences.
+        now, began = time.monotonic(), stage["last_event"]
+        stage["last_event"] = now
+        bar = stage["bar"]
+        if bar is not None and bar.total == total and done >= bar.n:
+            bar.update(done - bar.n)
+            return
+        if bar is not None:
+            bar.close()
+        label = "embedding passages" if stage["count"] == 0 else "embedding sentences"
+        stage["count"] += 1
+        click.echo(f"需要嵌入 / to embed: {total} 段文本 / texts ({label.split()[1]})", err=True)
+        estimate = eta_line(done, total, now - began)
+        if estimate:
+            click.echo(estimate, err=True)
+        stage["bar"] = tqdm(total=total, initial=done, desc=label, unit="text", file=sys.stderr)
 
-    report = qa.build(force=force, progress=progress, log=lambda m: click.echo(m, err=True))
-    if "bar" in bar:
-        bar["bar"].close()
+    def log(message: str) -> None:
+        stage["last_event"] = time.monotonic()
+        if not message.startswith(SKIP_PREFIX):  # every skipped file is listed once, after the build
+            click.echo(message, err=True)
+
+    report = qa.build(force=force, progress=progress, log=log)
+    if stage["bar"] is not None:
+        stage["bar"].close()
     if report.skipped:
         click.echo(f"索引已是最新 / index is up to date: {report.documents} reports, {report.chunks} passages")
     else:
@@ -109,7 +169,7 @@ def index_command(ctx: click.Context, force: bool) -> None:
     for source, others in report.duplicates.items():
         click.echo(f"近似重复 / near-duplicate: {source} ≈ {', '.join(others)}")
     for failure in report.failures:
-        click.echo(f"跳过 / skipped: {failure.reason}", err=True)
+        click.echo(f"{SKIP_PREFIX}{failure.reason}", err=True)
 
 
 def _questions(question: str | None, as_json: bool) -> list[str] | None:

@@ -83,8 +83,10 @@ def max_file_bytes() -> int:
     return int(megabytes * 1024 * 1024)
 
 
-def format_megabytes(size: int) -> str:
-    """A size in bytes as ``12.3 MB`` (or ``0.4 MB``)."""
+def format_size(size: int) -> str:
+    """A size in bytes for people: ``12.3 MB``, or ``4.0 KB`` below one megabyte."""
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
     return f"{size / (1024 * 1024):.1f} MB"
 
 
@@ -292,8 +294,8 @@ def scan_corpus(corpus_dir: Path, max_bytes: int | None = None) -> tuple[list[Co
             notices.append(_skip(name, "特殊文件（管道、设备或套接字），已跳过 / special file (FIFO, device or "
                                        "socket) skipped"))
         elif info.st_size > limit:
-            notices.append(_skip(name, f"文件大小 {format_megabytes(info.st_size)} 超过上限 "
-                                       f"{format_megabytes(limit)}，已跳过 / file larger than the limit, skipped "
+            notices.append(_skip(name, f"文件大小 {format_size(info.st_size)} 超过上限 "
+                                       f"{format_size(limit)}，已跳过 / file larger than the limit, skipped "
                                        f"(raise it with {MAX_FILE_MB_ENV} or `rag index --max-file-mb`)"))
         else:
             files.append(CorpusFile(name, target, info.st_size))

@@ -297,6 +297,17 @@ def test_linked_secret_is_not_searchable(tiny_qa):
             assert "root:x" not in hit.chunk.text and "机密" not in hit.chunk.text
 
 
+def test_rag_index_prints_each_skip_line_once(tiny_qa):
+    result = cli(tiny_qa, "index")
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.stdout
+    lines = result.stderr.splitlines()
+    for name in ("passwd_link.txt", "pipe.txt"):
+        skipped = [line for line in lines if line.startswith(f"跳过 / skipped: {name}:")]
+        assert len(skipped) == 1, result.stderr
+    assert "语料 / corpus: 2 个文件 / files" in result.stderr
+
+
 def test_unknown_report_in_the_filter_is_an_error(tiny_qa):
     for call in (tiny_qa.search, tiny_qa.ask):
         with pytest.raises(RagError) as caught:
@@ -515,3 +526,39 @@ def test_ui_upload_refuses_then_replaces_when_ticked(upload_qa, tmp_path):
         assert answer["query"] == "12345" and isinstance(answer["answer"], str) and "error" not in answer
     finally:
         app.close()
+
+
+# --- rag index: per-file limit, size and time estimate -----------------------------------------
+
+def test_rag_index_skips_oversize_files_and_says_what_it_embeds(tmp_path, monkeypatch):
+    import uuid
+
+    from rag.api import ReportQA
+
+    # one new sentence every run, so the embedding cache cannot answer it and embedding is reported
+    text = f"{REPORT}编号{uuid.uuid4().hex[:8]}的样本公司本季度收入增长两成。\n"
+    corpus = make_corpus(tmp_path / "corpus", {"small.txt": text, "big.txt": OTHER * 40})
+    big = (corpus / "big.txt").stat().st_size
+    assert len(text.encode()) < 4096 < big
+    monkeypatch.delenv("RAG_MAX_FILE_MB", raising=False)
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index")
+    result = cli(qa, "index", "--max-file-mb", str(4096 / (1024 * 1024)))
+    assert result.exit_code == 0, result.output
+    assert "indexed 1 reports" in result.stdout
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("跳过 / skipped: big.txt:")]
+    assert len(skipped) == 1 and "超过上限 4.0 KB" in skipped[0]
+    assert "语料 / corpus: 1 个文件 / files" in result.stderr
+    assert "需要嵌入 / to embed:" in result.stderr
+    assert "RAG_MAX_FILE_MB" not in os.environ, "the option does not outlive the command"
+    assert list(qa.reports()) == ["small.txt"]
+    bad = cli(qa, "index", "--max-file-mb", "0")
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_time_estimate_is_said_only_for_a_long_embedding():
+    from rag.cli import eta_line
+
+    line = eta_line(32, 3232, 8.0)  # 4 texts/s, 800 s to go
+    assert line is not None and "约 13 分钟" in line and "4.0 texts/s" in line
+    assert eta_line(32, 40, 8.0) is None, "two seconds left: not worth a line"
+    assert eta_line(40, 40, 8.0) is None and eta_line(0, 40, 8.0) is None

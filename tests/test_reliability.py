@@ -562,3 +562,30 @@ def test_time_estimate_is_said_only_for_a_long_embedding():
     assert line is not None and "约 13 分钟" in line and "4.0 texts/s" in line
     assert eta_line(32, 40, 8.0) is None, "two seconds left: not worth a line"
     assert eta_line(40, 40, 8.0) is None and eta_line(0, 40, 8.0) is None
+
+
+# --- the load script asks unique questions -----------------------------------------------------
+
+def test_load_script_questions_are_unique_unless_asked_to_repeat():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("load_ui", Path(__file__).resolve().parents[1]
+                                                  / "benchmarks" / "load_ui.py")
+    assert spec is not None and spec.loader is not None
+    load_ui = importlib.util.module_from_spec(spec)
+    sys.modules["load_ui"] = load_ui  # its dataclass looks its module up there
+    try:
+        spec.loader.exec_module(load_ui)
+    finally:
+        del sys.modules["load_ui"]
+
+    asked = load_ui.user_questions(40, 5, repeat=False)
+    every = [q for user in asked for q in user]
+    assert len(every) == 200 and len(set(every)) == 200
+    assert not set(every) & set(load_ui.QUESTIONS), "a warm-up of the bare questions caches none of them"
+    assert all(any(base in q for base in load_ui.QUESTIONS) for q in every)
+    assert len(set(load_ui.unique_questions(2000))) == 2000
+    assert not set(load_ui.unique_questions(50, seed=0)) & set(load_ui.unique_questions(50, seed=1))
+    repeated = [q for user in load_ui.user_questions(40, 5, repeat=True) for q in user]
+    assert set(repeated) == set(load_ui.QUESTIONS)

@@ -32,8 +32,8 @@ from .query import Query, analyse
 from .rerank import Reranker, load_cross_encoder
 from .results import Answer, AskResult, Hit, SearchResult
 from .retrieve import MODES, Retriever
-from .store import Store, open_store
-from .versions import live_version
+from .store import Store, open_store, verify_store
+from .versions import REBUILD_HINT, live_version
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_TOP_K = 50
@@ -172,7 +172,11 @@ class ReportQA:
             query = analyse(question, retriever.store)
         except RagError as exc:
             return SearchResult(query=question or "", error=str(exc))
-        hits = retriever.search(query, top_k=clamp_top_k(top_k), mode=mode, sources=sources or None)
+        try:
+            hits = retriever.search(query, top_k=clamp_top_k(top_k), mode=mode, sources=sources or None)
+        except (IndexError, KeyError, ValueError, RuntimeError) as exc:
+            # Damage the size check cannot see (bytes changed in place) surfaces here: say what to do.
+            raise RagError(f"索引已损坏：{self.index_dir}（{type(exc).__name__}: {exc}）。{REBUILD_HINT}") from exc
         return SearchResult(query=question, hits=hits, warning=query.warning, analysed=query)
 
     def ask(self, question: str, top_k: int = 5, mode: str = "hybrid",
@@ -194,6 +198,10 @@ class ReportQA:
     def compose(self, query: Query, hits: list[Hit], max_passages: int = 3) -> Answer:
         """The extractive answer to ``query`` from ``hits``: what ``ask`` replies and ``rag eval`` measures."""
         return compose_answer(query, hits, self.settings.answer, max_passages=max_passages)
+
+    def check(self) -> list[str]:
+        """Everything wrong with the index on disk, every file's checksum included (empty when healthy)."""
+        return verify_store(self.index_dir)
 
     def cite(self, citation: str) -> CitationView:
         """Look up a citation ID."""

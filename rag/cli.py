@@ -115,6 +115,19 @@ def index_command(ctx: click.Context, force: bool, write_metadata: bool) -> None
         click.echo(f"跳过 / skipped: {failure.reason}", err=True)
 
 
+@main.command("check")
+@click.pass_context
+@handle_errors
+def check_command(ctx: click.Context) -> None:
+    """Verify the index: every file against its recorded checksum, and that its parts fit together."""
+    problems = _qa(ctx).check()
+    if problems:
+        for problem in problems:
+            click.echo(f"问题 / problem: {problem}", err=True)
+        _fail("索引需要重建，请运行 `rag index` / the index needs a rebuild: run `rag index`")
+    click.echo("索引完好 / the index is healthy")
+
+
 def _questions(question: str | None, as_json: bool) -> list[str] | None:
     if question is not None:
         return [question]

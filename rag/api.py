@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .cite import CitationView, find_phrase, lookup
 from .documents import SUPPORTED_SUFFIXES, load_document
 from .embed import Embedder, EmbeddingCache, QueryEncoder, load_embedder
 from .errors import RagError
+from .followup import standalone_turns
 from .fusion import FusionSettings
 from .query import Query, analyse
 from .rerank import Reranker, load_cross_encoder
@@ -163,13 +165,19 @@ class ReportQA:
         return analyse(question, self.store)
 
     def search(self, question: str, top_k: int = 5, mode: str = "hybrid",
-               sources: list[str] | None = None) -> SearchResult:
-        """Ranked passages for a question; an unusable question gives a result with ``error``."""
+               sources: list[str] | None = None, history: Sequence[str] | None = None) -> SearchResult:
+        """Ranked passages for a question; an unusable question gives a result with ``error``.
+
+        ``history`` holds the chat's earlier questions (oldest first): a follow-up ("那GPT-4呢？",
+        "它是哪年推出的？") is searched as the standalone question it stands for (``rag.followup``),
+        which the result reports as ``standalone``.
+        """
         if mode not in MODES:
             raise RagError(f"未知检索模式 {mode!r}，可选 {', '.join(MODES)} / unknown mode")
         retriever = self.retriever
+        rewrite = standalone_turns(history, question or "")[0] if history else None
         try:
-            query = analyse(question, retriever.store)
+            query = analyse(rewrite.text if rewrite else question, retriever.store)
         except RagError as exc:
             return SearchResult(query=question or "", error=str(exc))
         try:
@@ -177,23 +185,26 @@ class ReportQA:
         except (IndexError, KeyError, ValueError, RuntimeError) as exc:
             # Damage the size check cannot see (bytes changed in place) surfaces here: say what to do.
             raise RagError(f"索引已损坏：{self.index_dir}（{type(exc).__name__}: {exc}）。{REBUILD_HINT}") from exc
-        return SearchResult(query=question, hits=hits, warning=query.warning, analysed=query)
+        return SearchResult(query=question, hits=hits, warning=query.warning, analysed=query,
+                            standalone=query.text if rewrite and rewrite.rewritten else None)
 
     def ask(self, question: str, top_k: int = 5, mode: str = "hybrid",
-            sources: list[str] | None = None) -> AskResult:
+            sources: list[str] | None = None, history: Sequence[str] | None = None) -> AskResult:
         """An extractive answer built only from the retrieved passages, with citation markers.
 
         Whether to answer is judged on at least ``TOP_PASSAGES`` hits whatever ``top_k`` is, so
         asking for fewer passages does not change the decision; only ``top_k`` are returned and quoted.
+        ``history``: the chat's earlier questions, as for ``search``.
         """
         top_k = clamp_top_k(top_k)
-        found = self.search(question, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources)
+        found = self.search(question, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources, history=history)
         if found.error or found.analysed is None:
             return AskResult(query=found.query, error=found.error, answer=found.error or "", abstained=True)
         answer = self.compose(found.analysed, found.hits, max_passages=min(3, top_k))
         return AskResult(query=found.query, hits=found.hits[:top_k], warning=found.warning, answer=answer.text,
                          abstained=answer.abstained, sources=answer.sources, caution=answer.caution,
-                         unanswerable_probability=answer.unanswerable_probability, analysed=found.analysed)
+                         unanswerable_probability=answer.unanswerable_probability, analysed=found.analysed,
+                         standalone=found.standalone)
 
     def compose(self, query: Query, hits: list[Hit], max_passages: int = 3) -> Answer:
         """The extractive answer to ``query`` from ``hits``: what ``ask`` replies and ``rag eval`` measures."""

@@ -144,6 +144,36 @@ def _print_hits(result) -> None:
     click.echo(hits_text(result))
 
 
+def read_history(path: Path | None) -> list[str] | None:
+    """The chat's earlier questions from ``--history``: a JSON list of questions or of chat messages
+    (``{"role": "user", "content": …}``, other roles skipped), or plain text with one question per line."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RagError(f"无法读取对话历史 / cannot read history file {path}: {exc}") from exc
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(items, list):
+        raise RagError(f"对话历史应为问题列表或消息列表 / history must be a JSON list: {path}")
+    questions = []
+    for item in items:
+        if isinstance(item, str):
+            questions.append(item)
+        elif isinstance(item, dict) and item.get("role", "user") == "user" and isinstance(item.get("content"), str):
+            questions.append(item["content"])
+    return questions
+
+
+HISTORY_OPTION = click.option(
+    "--history", "history_file", type=click.Path(path_type=Path), default=None,
+    help="Earlier questions of the chat (JSON list of questions or chat messages, or one per line): "
+         "a follow-up such as '那GPT-4呢？' is searched as the standalone question it stands for.")
+
+
 def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Callable, render: Callable) -> None:
     questions = _questions(question, as_json)
     if questions is None:
@@ -164,12 +194,15 @@ def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Cal
 @click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
 @click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@HISTORY_OPTION
 @click.pass_context
 @handle_errors
-def search_command(ctx, question, top_k, mode, sources, as_json) -> None:
+def search_command(ctx, question, top_k, mode, sources, as_json, history_file) -> None:
     """Find the passages that answer QUESTION."""
+    history = read_history(history_file)
     _run_batch(ctx, question, as_json,
-               lambda qa, q: qa.search(q, top_k=top_k, mode=mode, sources=list(sources) or None), _print_hits)
+               lambda qa, q: qa.search(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history),
+               _print_hits)
 
 
 def _print_answer(result) -> None:
@@ -184,12 +217,14 @@ def _print_answer(result) -> None:
 @click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
 @click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@HISTORY_OPTION
 @click.pass_context
 @handle_errors
-def ask_command(ctx, question, top_k, mode, sources, as_json) -> None:
+def ask_command(ctx, question, top_k, mode, sources, as_json, history_file) -> None:
     """Answer QUESTION with sentences quoted from the reports, each cited."""
+    history = read_history(history_file)
     _run_batch(ctx, question, as_json,
-               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None),
+               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history),
                _print_answer)
 
 
@@ -220,13 +255,26 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
 @click.option("--limit", type=int, default=None, help="Only the first N questions (smoke runs).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval/results"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
+@click.option("--conversations", "conversations_file", type=click.Path(path_type=Path), default=None,
+              help="Evaluate follow-up questions instead: a conversation file (eval/conversations.jsonl).")
 @click.pass_context
 @handle_errors
-def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json) -> None:
+def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, conversations_file) -> None:
     """Benchmark retrieval on a question set: bm25, dense, the default pipeline and a typical recipe."""
     import datetime
 
     from . import evaluate
+
+    if conversations_file is not None:
+        split = split or "test"
+        qa = _qa(ctx)
+        qa.build(log=lambda m: click.echo(m, err=True))
+        numbers = evaluate.evaluate_conversations(qa, evaluate.load_conversations(conversations_file, split)[:limit])
+        report = evaluate.conversations_report(numbers, split, str(conversations_file))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{datetime.date.today().isoformat()}-conversations-{split}.md").write_text(report, encoding="utf-8")
+        click.echo(json.dumps(numbers, ensure_ascii=False, indent=2) if as_json else report)
+        return
 
     every_question = evaluate.load_questions(questions_file)
     if split is None:  # a user's own question file need not label splits: then it is run whole

@@ -138,19 +138,20 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
     def status_markdown() -> str | None:
         return qa.index_status()
 
-    def ask_result(question: str, reports, top_k) -> AskResult:
-        """The API's answer, or an error result while the index is unusable."""
+    def ask_result(question: str, reports, top_k, asked: list[str] | None = None) -> AskResult:
+        """The API's answer (``asked``: the chat's earlier questions), or an error result while the index
+        is unusable."""
         status = status_markdown()
         if status:
             return AskResult(query=question or "", error=status, answer=status, abstained=True)
         try:
-            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports))
+            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports), history=asked)
         except RagError as exc:
             return AskResult(query=question or "", error=str(exc), answer=str(exc), abstained=True)
 
-    def render_answer(question: str, reports, top_k) -> str:
+    def render_answer(question: str, reports, top_k, asked: list[str] | None = None) -> str:
         try:
-            return answer_html(qa, ask_result(question, reports, top_k))
+            return answer_html(qa, ask_result(question, reports, top_k, asked))
         except Exception as exc:  # never let one question break the session
             log.exception("answering %r failed", question)
             return notice_html(f"内部错误，请重试 / internal error: {exc}")
@@ -173,17 +174,19 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         question = state.get("pending")
         if not question:
             return gr.skip(), gr.skip(), *unlock
-        history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k)}]
-        return history, {"last_question": question, "pending": None}, *unlock
+        asked = state.get("asked", [])
+        history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k, asked)}]
+        return history, {"last_question": question, "pending": None, "asked": [*asked, question]}, *unlock
 
     def on_example(event: gr.SelectData, history: list, state: dict, reports, top_k):
         value = event.value if isinstance(event.value, dict) else {"text": str(event.value)}
         question = (value.get("text") or "").strip()
         if not question or state.get("pending"):
             return gr.skip(), gr.skip()
+        asked = state.get("asked", [])
         history = [*history, {"role": "user", "content": escape(question)},
-                   {"role": "assistant", "content": render_answer(question, reports, top_k)}]
-        return history, {"last_question": question, "pending": None}
+                   {"role": "assistant", "content": render_answer(question, reports, top_k, asked)}]
+        return history, {"last_question": question, "pending": None, "asked": [*asked, question]}
 
     def on_filters_changed(history: list, state: dict, reports, top_k):
         # Re-answer the last question under the new filters (replacing its answer), if it is the last turn.
@@ -191,10 +194,12 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         if not question or state.get("pending") or not history or history[-1].get("role") != "assistant":
             return gr.skip()
         note = "<div class=\"rag-note\">（已按新的筛选条件重新回答）</div>"
-        return [*history[:-1], {"role": "assistant", "content": render_answer(question, reports, top_k) + note}]
+        earlier = state.get("asked", [])[:-1]
+        answer = render_answer(question, reports, top_k, earlier) + note
+        return [*history[:-1], {"role": "assistant", "content": answer}]
 
     def on_clear():
-        return [], {"last_question": None, "pending": None}
+        return [], {"last_question": None, "pending": None, "asked": []}
 
     def on_lookup(text: str) -> str:
         try:
@@ -247,17 +252,19 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         gr.Info(message)
         return refresh(selected)
 
-    def api_ask(question: str, top_k: int = DEFAULT_TOP_K, reports: list[str] | None = None) -> dict:
-        """Answer a question. Returns the ``rag ask --json`` object (``answer`` with [n] markers,
-        ``sources``, ``hits``, ``error``/``warning`` when set) plus ``text``, the plain-text rendering."""
-        result = ask_result(question, reports, top_k)
+    def api_ask(question: str, top_k: int = DEFAULT_TOP_K, reports: list[str] | None = None,
+                history: list[str] | None = None) -> dict:
+        """Answer a question (``history``: the chat's earlier questions, oldest first). Returns the
+        ``rag ask --json`` object (``answer`` with [n] markers, ``sources``, ``hits``,
+        ``error``/``warning``/``standalone`` when set) plus ``text``, the plain-text rendering."""
+        result = ask_result(question, reports, top_k, history)
         return {**result.to_json(), "text": answer_text(result)}
 
     # -- layout ---------------------------------------------------------------------------------
 
     initial_status = status_markdown()
     with gr.Blocks(title=TITLE, analytics_enabled=False, fill_width=False) as app:
-        state = gr.State({"last_question": None, "pending": None})
+        state = gr.State({"last_question": None, "pending": None, "asked": []})
         gr.Markdown(f"## {TITLE}\n用中文提问，答案中的句子均摘自报告原文，并以 [1] [2] 标注出处。")
         with gr.Row():
             status_md = gr.Markdown(f"⚠ {initial_status}" if initial_status else "", visible=bool(initial_status),

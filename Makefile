@@ -1,6 +1,7 @@
 # 报告问答 — one command to set up and run, one to set up and test.
 #   make run    install everything, fetch the model, index ./corpus, open the UI on http://127.0.0.1:7860
 #   make test   install everything (browser and CJK font included) and run the test suite
+#   make test-fast   only the tests that do not need the real embedding model (a tiny local one)
 #   make ask Q="GPT-3 的参数量是多少？"
 SHELL := /bin/bash
 VENV ?= .venv
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup model browser index run ask test eval bench lint
+.PHONY: setup model browser index run ask test test-fast eval bench lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +41,9 @@ ask: index
 
 test: setup browser
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed browser
+	$(PY) -m pytest -q -m "not slow"
 
 eval: index
 	$(RAG) eval

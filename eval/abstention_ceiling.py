@@ -13,18 +13,14 @@ states the asked fact).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tune import answerability_matrix, fit_logistic, refusal_bar  # noqa: E402
-
-from rag.answerability import FEATURES  # noqa: E402
-from rag.api import ReportQA  # noqa: E402
-from rag.evaluate import load_questions  # noqa: E402
+from rag.answerability import FEATURES
+from rag.api import ReportQA
+from rag.evaluate import load_questions
+from rag.tuning import answerability_matrix, fit_logistic, refusal_bar
 
 QUESTIONS = Path(__file__).resolve().parent / "questions.jsonl"
 FALSE_ABSTAIN_LIMIT = 0.05

@@ -14,22 +14,22 @@ ships here, so the check is a small logistic model over signals a reader would l
 * ``asks_quantity`` — whether the question asks for a number (most near-misses do);
 * ``score_gap`` — how far the first hit stands above the fifth.
 
-Its coefficients are fitted on the dev split by ``python eval/tune.py abstention``, which prints them
-with the threshold that keeps false abstentions at or under 5% on dev.
+Its coefficients are fitted on the dev split by ``python eval/tune.py abstention``, which writes them
+into ``rag/data/fitted.json`` with the threshold that keeps false abstentions at or under 5% on dev.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import fitted
 from .chunking import sentence_spans
-from .question import asks_quantity, term_weights, weighted_share
-from .retrieve import Hit, query_terms
-from .textnorm import fold
+from .query import Query, fold_key
+from .results import Hit
 
 WINDOW = 40
 BEFORE_NUMBER = 80
@@ -39,21 +39,19 @@ FEATURES = ("best_sentence", "window_support", "sentence_coverage", "asks_quanti
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*|[一二两三四五六七八九十百千万亿]+(?=[万亿倍个家种张台年月日%])")
 
 
+def _fitted(key: str):
+    return field(default_factory=lambda: fitted.values("answerability")[key])
+
+
 @dataclass
 class AnswerabilityModel:
     """Logistic model over ``FEATURES`` (standardised with ``means``/``scales``) and its refusal bar."""
 
-    weights: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": -1.385, "window_support": -0.76, "sentence_coverage": 1.219, "asks_quantity": 1.61,
-        "score_gap": 0.078})
-    means: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": 0.5887, "window_support": 0.5079, "sentence_coverage": 0.462, "asks_quantity": 0.513,
-        "score_gap": 4.5312})
-    scales: dict[str, float] = field(default_factory=lambda: {
-        "best_sentence": 0.0967, "window_support": 0.2538, "sentence_coverage": 0.2369, "asks_quantity": 0.4998,
-        "score_gap": 2.3631})
-    bias: float = -2.494
-    threshold: float = 0.465
+    weights: dict[str, float] = _fitted("weights")
+    means: dict[str, float] = _fitted("means")
+    scales: dict[str, float] = _fitted("scales")
+    bias: float = _fitted("bias")
+    threshold: float = _fitted("threshold")
 
     def probability(self, features: dict[str, float]) -> float:
         """Probability that the question is not answered by the passages."""
@@ -64,13 +62,13 @@ class AnswerabilityModel:
 
 def _windows(hit: Hit, numeric: bool) -> list[str]:
     """Stretches of a passage where an answer could sit, as folded text without spaces."""
-    text = fold(hit.chunk.text).replace(" ", "")
+    text = fold_key(hit.chunk.text)
     positions = ([m.start() for m in NUMBER.finditer(text)] if numeric
                  else list(range(0, len(text), 10)))
     if hit.chunk.kind != "table":
         before, after = (BEFORE_NUMBER, AFTER_NUMBER) if numeric else (WINDOW, WINDOW)
         return [text[max(0, p - before):p + after] for p in positions]
-    header = fold(hit.chunk.table_header).replace(" ", "")
+    header = fold_key(hit.chunk.table_header)
     rows = []
     for p in positions:
         start = text.rfind("\n", 0, p) + 1
@@ -79,14 +77,12 @@ def _windows(hit: Hit, numeric: bool) -> list[str]:
     return rows
 
 
-def features(query: str, hits: Sequence[Hit], idf: Callable[[str], float]) -> dict[str, float]:
+def features(query: Query, hits: Sequence[Hit]) -> dict[str, float]:
     """The model's inputs for one question and its ranked hits."""
     top = list(hits[:TOP_PASSAGES])
-    weights = term_weights(query_terms(query), idf)
-    quantity = asks_quantity(query)
-    window_support = max((weighted_share(weights, w) for h in top for w in _windows(h, quantity)),
-                         default=0.0)
-    sentence_coverage = max((weighted_share(weights, fold(h.chunk.text[a:b]).replace(" ", ""))
+    quantity = query.asks_quantity
+    window_support = max((query.weighted_share(w) for h in top for w in _windows(h, quantity)), default=0.0)
+    sentence_coverage = max((query.weighted_share(fold_key(h.chunk.text[a:b]))
                              for h in top for a, b in sentence_spans(h.chunk.text)), default=0.0)
     sentence_scores = [h.sentence_score if h.sentence_score is not None else h.dense_score for h in top]
     best_sentence = max((s for s in sentence_scores if s is not None), default=0.0)

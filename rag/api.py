@@ -1,10 +1,13 @@
-"""The Python API: one object that the CLI, the UI and the benchmark all call.
+"""The Python API: one object that the CLI, the UI, the benchmark and the eval harness all call.
 
     qa = ReportQA()                      # ./corpus, ./index, the bundled model
-    qa.build()                           # documents → chunks → embeddings → FAISS + BM25
+    qa.build()                           # documents → chunks → embeddings → store
     qa.search("GPT-3 的参数量是多少？")   # ranked, cited passages
     qa.ask("哪些公司是通义大模型的合作伙伴？")  # extractive answer with [n] markers
     qa.cite("004_e0d667138c034a95.txt:L12-L15")
+
+A question is analysed once (``analyse`` → ``Query``) and that ``Query`` goes to retrieval and to
+answer composition.
 """
 
 from __future__ import annotations
@@ -15,124 +18,44 @@ import shutil
 import stat
 import threading
 import time
-import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answer import (
-    ANSWER_SENTENCES,
-    CAUTION,
-    CLOSEST_TITLE,
-    SIMILARITY_WEIGHT,
-    AbstentionSettings,
-    Answer,
-    compose_answer,
-    excerpt,
-    format_sources,
-    has_dense_scores,
-)
+from .answer import AnswerSettings, compose_answer
 from .answerability import TOP_PASSAGES
+from .build import BuildReport, build_index
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
 from .documents import REPLACED_DIR, SUPPORTED_SUFFIXES, file_sha256, load_document, max_file_bytes
-from .embed import Embedder, EmbeddingCache, load_embedder
+from .embed import Embedder, EmbeddingCache, QueryEncoder, load_embedder
 from .errors import RagError
-from .index import BuildReport, Index, build_index, read_manifest
+from .followup import standalone_turns
+from .fusion import FusionSettings
 from .metadata import forget_report
-from .rerank import load_reranker
-from .retrieve import MAX_QUERY_CHARS, MODES, FusionSettings, Hit, Retriever
+from .query import Query, analyse
+from .rerank import Reranker, load_cross_encoder
+from .results import Answer, AskResult, Hit, SearchResult
+from .retrieve import MODES, Retriever
+from .store import Store, open_store, verify_store
+from .versions import REBUILD_HINT, live_version
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-CLOSEST_AFTER_REFUSAL = 3
+MAX_TOP_K = 50
 
 
 @dataclass
 class Settings:
-    """Every tunable of the pipeline in one place."""
+    """Every tunable of the pipeline in one place (fitted values come from ``rag/data/fitted.json``)."""
 
     chunker: ChunkerSettings = field(default_factory=ChunkerSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
-    abstention: AbstentionSettings = field(default_factory=AbstentionSettings)
-    answer_sentences: int = ANSWER_SENTENCES
-    answer_similarity_weight: float = SIMILARITY_WEIGHT
-
-
-@dataclass
-class SearchResult:
-    """Hits for one question (``error`` is set instead when the question was unusable)."""
-
-    query: str
-    hits: list[Hit] = field(default_factory=list)
-    error: str | None = None
-    warning: str | None = None
-
-    def to_json(self) -> dict:
-        """The JSON contract: ``{"query", "hits": [...]}`` plus ``error``/``warning`` when set."""
-        payload: dict = {"query": self.query, "hits": [h.to_json() for h in self.hits]}
-        if self.error:
-            payload["error"] = self.error
-        if self.warning:
-            payload["warning"] = self.warning
-        return payload
-
-
-@dataclass
-class AskResult(SearchResult):
-    """A search plus the extractive answer built from it."""
-
-    answer: str = ""
-    abstained: bool = False
-    sources: list[Hit] = field(default_factory=list)
-    caution: bool = False
-    unanswerable_probability: float | None = None
-
-    def to_json(self) -> dict:
-        """Search JSON plus ``answer``, ``abstained``, ``caution``, ``unanswerable_probability`` and the
-        cited ``sources``."""
-        payload = super().to_json()
-        payload.update({"answer": self.answer, "abstained": self.abstained, "caution": self.caution,
-                        "unanswerable_probability": self.unanswerable_probability,
-                        "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
-                                    for n, h in enumerate(self.sources, start=1)]})
-        return payload
-
-    @property
-    def closest(self) -> list[Hit]:
-        """After a refusal, the best passages found anyway, so a reader can check the refusal."""
-        return self.hits[:CLOSEST_AFTER_REFUSAL] if self.abstained and not self.error else []
-
-    def render(self) -> str:
-        """Answer and numbered sources as plain text."""
-        if self.error:
-            return self.error
-        lines = [CAUTION, self.answer] if self.caution else [self.answer]
-        if self.sources:
-            lines += ["", "来源："] + format_sources(self.sources)
-        if self.closest:
-            lines += ["", CLOSEST_TITLE] + [f"{line}\n    {excerpt(hit.chunk.text)}"
-                                            for line, hit in zip(format_sources(self.closest), self.closest,
-                                                                 strict=True)]
-        return "\n".join(lines)
-
-
-def clean_query(query: str) -> tuple[str, str | None]:
-    """Drop control characters and trim; returns (query, warning). Raises for empty questions."""
-    if query is not None and not isinstance(query, str):
-        raise RagError(f"问题必须是文本，收到的是 {type(query).__name__} / the question must be a string")
-    cleaned = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in query or "")
-    cleaned = re.sub(r"\s+", " ", cleaned).strip()
-    if not cleaned:
-        raise RagError("问题为空，请输入问题 / empty question")
-    warning = None
-    if len(cleaned) > MAX_QUERY_CHARS:
-        warning = f"问题过长，只使用前 {MAX_QUERY_CHARS} 个字符 / question truncated to {MAX_QUERY_CHARS} characters"
-        cleaned = cleaned[:MAX_QUERY_CHARS]
-    return cleaned, warning
+    answer: AnswerSettings = field(default_factory=AnswerSettings)
 
 
 def clamp_top_k(top_k: int) -> int:
-    """``top_k`` limited to 1..50 passages."""
-    return max(1, min(int(top_k), 50))
+    """``top_k`` limited to 1..``MAX_TOP_K`` passages."""
+    return max(1, min(int(top_k), MAX_TOP_K))
 
 
 def default_corpus_dir() -> Path:
@@ -158,8 +81,12 @@ class ReportQA:
         self.cache = cache
         self.reranker = reranker
         self._embedder: Embedder | None = None
+        self._encoder: QueryEncoder | None = None
+        self._store: Store | None = None
         self._retriever: Retriever | None = None
-        self._loaded_at: float | None = None
+        self._cross_encoder: Reranker | None = None
+        self._cross_encoder_loaded = False
+        self._loaded_version: str | None = None
         self._lock = threading.RLock()
         self._build_lock = threading.Lock()
 
@@ -170,18 +97,34 @@ class ReportQA:
             self._embedder = load_embedder(self.model)
         return self._embedder
 
-    def build(self, force: bool = False, progress=None, log=lambda message: None) -> BuildReport:
+    @property
+    def encoder(self) -> QueryEncoder:
+        """Question vectors (cached per question text)."""
+        if self._encoder is None:
+            self._encoder = QueryEncoder(self.embedder)
+        return self._encoder
+
+    def configure(self, settings: Settings) -> None:
+        """Use other settings from the next question on (the tuning commands sweep through this)."""
+        with self._lock:
+            self.settings = settings
+            self._retriever = None
+
+    def build(self, force: bool = False, progress=None, log=lambda message: None,
+              write_metadata: bool = False) -> BuildReport:
         """Index the corpus (only changed passages are embedded); the live index swaps atomically.
 
         Searches keep using the previous index while a build runs; builds run one at a time.
+        ``write_metadata`` also saves the detected report descriptions into ``corpus/metadata.json``.
         """
         with self._build_lock:
             report = build_index(self.corpus_dir, self.index_dir, self.embedder, self.settings.chunker,
-                                 cache=self.cache or EmbeddingCache(), force=force, progress=progress, log=log)
+                                 cache=self.cache or EmbeddingCache(), force=force, progress=progress, log=log,
+                                 write_metadata=write_metadata)
             # Replaced uploads were kept only until a build indexed what replaced them.
             shutil.rmtree(self.corpus_dir / REPLACED_DIR, ignore_errors=True)
         with self._lock:
-            self._retriever = None  # reloaded on next use; the old index served queries meanwhile
+            self._store = self._retriever = None  # reloaded on next use; the old index served queries meanwhile
         return report
 
     @property
@@ -200,87 +143,105 @@ class ReportQA:
         return None
 
     @property
-    def index(self) -> Index:
+    def store(self) -> Store:
         """The loaded index (reloaded when a newer build has been swapped in)."""
-        return self.retriever.index
+        return self.retriever.store
 
     @property
     def retriever(self) -> Retriever:
-        """Retriever over the current index, reloaded when the index on disk changes."""
+        """Retriever over the current index; the store is reloaded when another version goes live."""
         with self._lock:
-            manifest = read_manifest(self.index_dir)
-            built_at = manifest.get("built_at") if manifest else None
-            if self._retriever is None or built_at != self._loaded_at:
-                index = Index(self.index_dir)
+            version = live_version(self.index_dir)
+            if self._store is None or version != self._loaded_version:
+                store = open_store(self.index_dir)
                 embedder = self.embedder
-                index.check_embedder(embedder)
-                self._retriever = Retriever(index, embedder, self.settings.fusion, load_reranker(self.reranker))
-                self._loaded_at = index.manifest.get("built_at")
+                if embedder.name != store.manifest["model"] or embedder.dimension != store.manifest.get("dimension"):
+                    raise RagError(f"索引由模型 {store.manifest['model']} 建立，当前模型为 {embedder.name}。"
+                                   "请运行 `rag index` 重新建立索引 / run `rag index` to rebuild it")
+                self._store, self._loaded_version, self._retriever = store, version, None
+            if self._retriever is None:
+                if not self._cross_encoder_loaded:  # a model folder: load it once per process
+                    self._cross_encoder, self._cross_encoder_loaded = load_cross_encoder(self.reranker), True
+                self._retriever = Retriever(self._store, self.encoder, self.settings.fusion, self._cross_encoder)
             return self._retriever
 
-    def search(self, query: str, top_k: int = 5, mode: str = "hybrid",
-               sources: list[str] | None = None) -> SearchResult:
-        """Ranked passages for a question; an unusable question gives a result with ``error``."""
+    def analyse(self, question: str) -> Query:
+        """The ``Query`` for a question against the loaded index (raises ``RagError`` when empty)."""
+        return analyse(question, self.store)
+
+    def search(self, question: str, top_k: int = 5, mode: str = "hybrid",
+               sources: list[str] | None = None, history: Sequence[str] | None = None) -> SearchResult:
+        """Ranked passages for a question; an unusable question gives a result with ``error``.
+
+        ``history`` holds the chat's earlier questions (oldest first): a follow-up ("那GPT-4呢？",
+        "它是哪年推出的？") is searched as the standalone question it stands for (``rag.followup``),
+        which the result reports as ``standalone``.
+        """
         if mode not in MODES:
             raise RagError(f"未知检索模式 {mode!r}，可选 {', '.join(MODES)} / unknown mode")
-        try:
-            cleaned, warning = clean_query(query)
-        except RagError as exc:
-            return SearchResult(query=query if isinstance(query, str) else "", error=str(exc))
-        top_k = clamp_top_k(top_k)
+        retriever = self.retriever
         self.check_sources(sources)
-        hits = self.retriever.search(cleaned, top_k=top_k, mode=mode, sources=sources or None)
-        return SearchResult(query=query, hits=hits, warning=warning)
+        rewrite = standalone_turns(history, question or "")[0] if history else None
+        try:
+            query = analyse(rewrite.text if rewrite else question, retriever.store)
+        except RagError as exc:
+            return SearchResult(query=question if isinstance(question, str) else "", error=str(exc))
+        try:
+            hits = retriever.search(query, top_k=clamp_top_k(top_k), mode=mode, sources=sources or None)
+        except (IndexError, KeyError, ValueError, RuntimeError) as exc:
+            # Damage the size check cannot see (bytes changed in place) surfaces here: say what to do.
+            raise RagError(f"索引已损坏：{self.index_dir}（{type(exc).__name__}: {exc}）。{REBUILD_HINT}") from exc
+        return SearchResult(query=question, hits=hits, warning=query.warning, analysed=query,
+                            standalone=query.text if rewrite and rewrite.rewritten else None)
 
-    def ask(self, query: str, top_k: int = 5, mode: str = "hybrid",
-            sources: list[str] | None = None) -> AskResult:
+    def ask(self, question: str, top_k: int = 5, mode: str = "hybrid",
+            sources: list[str] | None = None, history: Sequence[str] | None = None) -> AskResult:
         """An extractive answer built only from the retrieved passages, with citation markers.
 
         Whether to answer is judged on at least ``TOP_PASSAGES`` hits whatever ``top_k`` is, so
         asking for fewer passages does not change the decision; only ``top_k`` are returned and quoted.
+        ``history``: the chat's earlier questions, as for ``search``.
         """
         top_k = clamp_top_k(top_k)
-        found = self.search(query, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources)
-        if found.error:
-            return AskResult(query=found.query, error=found.error, answer=found.error, abstained=True)
-        answer = self.compose(clean_query(query)[0], found.hits, max_passages=min(3, top_k))
+        found = self.search(question, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources, history=history)
+        if found.error or found.analysed is None:
+            return AskResult(query=found.query, error=found.error, answer=found.error or "", abstained=True)
+        answer = self.compose(found.analysed, found.hits, max_passages=min(3, top_k))
         return AskResult(query=found.query, hits=found.hits[:top_k], warning=found.warning, answer=answer.text,
                          abstained=answer.abstained, sources=answer.sources, caution=answer.caution,
-                         unanswerable_probability=answer.unanswerable_probability)
+                         unanswerable_probability=answer.unanswerable_probability, analysed=found.analysed,
+                         standalone=found.standalone)
 
-    def compose(self, query: str, hits: list[Hit], max_passages: int = 3) -> Answer:
+    def compose(self, query: Query, hits: list[Hit], max_passages: int = 3) -> Answer:
         """The extractive answer to ``query`` from ``hits``: what ``ask`` replies and ``rag eval`` measures."""
-        def similarities(hit: Hit) -> dict[str, float]:
-            return self.retriever.sentence_similarities(query, hit.chunk)
+        return compose_answer(query, hits, self.settings.answer, max_passages=max_passages)
 
-        return compose_answer(query, hits, self.retriever.idf, self.settings.abstention,
-                              max_sentences=self.settings.answer_sentences, max_passages=max_passages,
-                              # bm25-only hits: choose sentences by terms alone
-                              similarities=similarities if has_dense_scores(hits) else None,
-                              similarity_weight=self.settings.answer_similarity_weight)
+    def check(self) -> list[str]:
+        """Everything wrong with the index on disk, every file's checksum included (empty when healthy)."""
+        return verify_store(self.index_dir)
 
-    def check_sources(self, sources: list[str] | None) -> None:
+    def check_sources(self, sources: Sequence[str] | None) -> None:
         """Raise ``RagError`` naming every report in a search filter that is not in the index.
 
         An unknown name would otherwise filter every passage out and read as "not found".
         """
-        unknown = [str(source) for source in sources or [] if source not in self.index.documents]
+        unknown = [str(source) for source in sources or [] if source not in self.store.documents]
         if unknown:
             raise RagError(f"筛选条件中的报告不存在：{'、'.join(unknown)} / unknown report in the filter: "
                            f"{', '.join(unknown)}")
 
     def cite(self, citation: str) -> CitationView:
         """Look up a citation ID (a line range that is no passage shows exactly those lines)."""
-        return lookup(self.index, citation, corpus_dir=self.corpus_dir)
+        return lookup(self.store, citation, corpus_dir=self.corpus_dir)
 
     def find(self, phrase: str, sources: list[str] | None = None) -> list[CitationView]:
         """Passages that contain a quoted phrase."""
         self.check_sources(sources)
-        return find_phrase(self.index, phrase, sources)
+        return find_phrase(self.store, phrase, sources)
 
     def reports(self) -> dict[str, str]:
         """File name → human label of every indexed report."""
-        return {source: doc.label for source, doc in sorted(self.index.documents.items())}
+        return {source: doc.label for source, doc in sorted(self.store.documents.items())}
 
     def add_report(self, path: Path | str, name: str | None = None, progress=None,
                    replace: bool = False) -> BuildReport:

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import fitted
 from .api import ReportQA
 from .embed import EmbeddingCache
 from .evaluate import percentile
-from .retrieve import MODES
+from .scoring import MODES
 
 SAMPLE_QUESTIONS = ["GPT-3 的参数量是多少？", "哪些公司是通义大模型的合作伙伴？", "M6-OFA 是什么时候发布的？",
                     "受访公司的AI团队规模", "英伟达数据中心业务收入", "AI框架市场份额", "魔搭社区上架了多少模型",
@@ -35,7 +36,7 @@ def measure_build(corpus_dir: Path, cold: bool, log: Callable[[str], None]) -> d
         began = time.perf_counter()
         report = qa.build(force=True, log=log)
         seconds = time.perf_counter() - began
-        sizes = [len(c.text) for c in qa.index.chunks]
+        sizes = [len(qa.store.chunk(i).text) for i in range(len(qa.store))]
         cache.close()
     return {"build_seconds": round(seconds, 1), "embedded": report.embedded, "reports": report.documents,
             "passages": len(sizes), "cold_cache": cold,
@@ -51,7 +52,7 @@ def measure_latency(qa: ReportQA, questions: list[str], repeats: int = 1) -> dic
     for mode in MODES:
         timings = []
         for _ in range(repeats):
-            qa.retriever.clear_cache()
+            qa.encoder.clear()
             for question in questions:
                 began = time.perf_counter()
                 qa.search(question, mode=mode)
@@ -82,6 +83,8 @@ def run_bench(corpus_dir: Path, index_dir: Path, cold: bool, questions: list[str
     numbers: dict[str, object] = {"build": measure_build(corpus_dir, cold, log)}
     qa = ReportQA(corpus_dir, index_dir)
     qa.build(log=log)
+    for warning in fitted.mismatches(qa.store.manifest):
+        log(warning)
     numbers["latency"] = measure_latency(qa, questions or SAMPLE_QUESTIONS, repeats=3)
     numbers["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     numbers["cold_start_seconds"] = measure_cold_start(corpus_dir, index_dir)

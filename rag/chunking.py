@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from .textnorm import SENTENCE_END, squeeze
-from .tokenize import word_spans
+from .tokenize import Tokenizer, tokenizer_for
 
 _HEADING = re.compile(
     r"^(#{1,6}\s+\S|[一二三四五六七八九十]+\s*[、.．]\s*\S|[（(][一二三四五六七八九十\d]+[）)]\s*\S|"
@@ -138,11 +138,11 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in spans if b > a]
 
 
-def _split_long(text: str, start: int, end: int, limit: int) -> list[tuple[int, int]]:
+def _split_long(text: str, start: int, end: int, limit: int, tokenizer: Tokenizer) -> list[tuple[int, int]]:
     """Cut a span longer than ``limit`` at jieba word ends, preferring ends after a comma."""
     if end - start <= limit:
         return [(start, end)]
-    word_ends = [start + e for _, e in word_spans(text[start:end])]
+    word_ends = [start + e for _, e in tokenizer.word_spans(text[start:end])]
     pieces, begin = [], start
     while end - begin > limit:
         candidates = [e for e in word_ends if begin < e <= begin + limit]
@@ -165,8 +165,10 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
 class Chunker:
     """Turns a document's canonical text into chunks according to ``ChunkerSettings``."""
 
-    def __init__(self, settings: ChunkerSettings | None = None):
+    def __init__(self, settings: ChunkerSettings | None = None, tokenizer: Tokenizer | None = None):
         self.settings = settings or ChunkerSettings()
+        # Long sentences are cut at word ends as the index's own dictionary sees them.
+        self.tokenizer = tokenizer or tokenizer_for()
 
     def chunk(self, source: str, text: str) -> list[Chunk]:
         """All chunks of one document, in reading order."""
@@ -197,7 +199,7 @@ class Chunker:
                 units.append(_Unit(start, end, heading, opens_section=True))
             else:
                 for a, b in _sentences(text, start, end):
-                    for piece in _split_long(text, a, b, self.settings.target_chars):
+                    for piece in _split_long(text, a, b, self.settings.target_chars, self.tokenizer):
                         units.append(_Unit(*piece, heading=heading))
             index += 1
         chunks.extend(self._pack(source, text, units))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .documents import Document, load_document, scan_corpus
 from .errors import RagError
-from .index import Index, StoredChunk, StoredDocument
+from .records import StoredChunk, StoredDocument
+from .store import Store
 from .textnorm import fold
 
 CITATION = re.compile(r"^(?P<source>[^:\s][^:]*):L(?P<first>\d+)-L(?P<last>\d+)(?:\.(?P<n>\d+))?$")
@@ -63,7 +64,7 @@ class CitationView:
 def _line_span(document: StoredDocument, chunks: list[StoredChunk], first: int,
                last: int) -> tuple[int, int, int, int]:
     """Canonical offsets and line numbers of the passages that cover raw lines first..last."""
-    inside = [c for c in chunks if c.source == document.source and c.line_end >= first and c.line_start <= last]
+    inside = [c for c in chunks if c.line_end >= first and c.line_start <= last]
     if not inside:
         raise RagError(f"行号超出范围 / line range L{first}-L{last} is outside {document.source}")
     return (min(c.start for c in inside), max(c.end for c in inside),
@@ -112,16 +113,16 @@ def _exact_lines(original: Document, first: int, last: int) -> tuple[int, int]:
     return start, end
 
 
-def lookup(index: Index, citation: str, corpus_dir: Path | None = None) -> CitationView:
+def lookup(store: Store, citation: str, corpus_dir: Path | None = None) -> CitationView:
     """Resolve a citation ID to its passage; raise ``RagError`` for malformed or unknown IDs.
 
     A line range that is not a passage's own ID shows exactly those lines when ``corpus_dir``
     holds the indexed report unchanged, else the passages around them with their real lines.
     """
     citation = citation.strip()
-    chunk = index.by_citation.get(citation)
+    chunk = store.chunk_by_citation(citation)
     if chunk is not None:
-        document = index.documents[chunk.source]
+        document = store.documents[chunk.source]
         return CitationView(citation, document, chunk.start, chunk.end, chunk.line_start, chunk.line_end,
                             chunk.page, chunk)
     match = CITATION.match(citation)
@@ -129,9 +130,9 @@ def lookup(index: Index, citation: str, corpus_dir: Path | None = None) -> Citat
         raise RagError(f"引用编号格式不正确：{citation!r}（应为 文件名:L起始行-L结束行，例如 "
                        f"004_e0d667138c034a95.txt:L12-L15） / malformed citation ID")
     source, first, last = match["source"], int(match["first"]), int(match["last"])
-    if source not in index.documents:
+    if source not in store.documents:
         raise RagError(f"未找到报告 {source} / unknown report in citation {citation!r}")
-    document = index.documents[source]
+    document = store.documents[source]
     if first > last or first < 1:
         raise RagError(f"行号范围无效 / invalid line range in {citation!r}")
     original = _original(document, corpus_dir)
@@ -140,20 +141,20 @@ def lookup(index: Index, citation: str, corpus_dir: Path | None = None) -> Citat
         start, end = _exact_lines(original, first, last)
         return CitationView(citation, document, start, end, original.line_of(start), original.line_of(end - 1),
                             original.page_of(start), None)
-    start, end, line_start, line_end = _line_span(document, index.chunks, first, last)
+    start, end, line_start, line_end = _line_span(document, store.chunks_of(source), first, last)
     return CitationView(citation, document, start, end, line_start, line_end, None, None)
 
 
-def find_phrase(index: Index, phrase: str, sources: list[str] | None = None) -> list[CitationView]:
+def find_phrase(store: Store, phrase: str, sources: list[str] | None = None) -> list[CitationView]:
     """Where a quoted phrase occurs (whitespace, width and case ignored), as passage views."""
     needle = re.sub(r"\s+", "", fold(phrase.strip().strip("\"'“”「」『』")))
     if len(needle) < 2:
         raise RagError("短语太短 / phrase too short to look up")
     views = []
-    for chunk in index.chunks:
-        if sources and chunk.source not in sources:
+    for source in sorted(store.documents):
+        if sources and source not in sources:
             continue
-        if needle in re.sub(r"\s+", "", fold(chunk.text)):
-            views.append(lookup(index, chunk.citation))
+        views += [lookup(store, chunk.citation) for chunk in store.chunks_of(source)
+                  if needle in re.sub(r"\s+", "", fold(chunk.text))]
     return views
 

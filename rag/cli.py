@@ -85,9 +85,11 @@ ETA_AFTER_SECONDS = 30  # say how long embedding will take only when it is worth
 @click.option("--force", is_flag=True, help="Rebuild even when nothing changed.")
 @click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Skip report files larger than this (MB; default: $RAG_MAX_FILE_MB or 20).")
+@click.option("--write-metadata", is_flag=True,
+              help="Also save the detected titles, institutions and dates into the corpus's metadata.json.")
 @click.pass_context
 @handle_errors
-def index_command(ctx: click.Context, force: bool, max_file_mb: float | None) -> None:
+def index_command(ctx: click.Context, force: bool, max_file_mb: float | None, write_metadata: bool) -> None:
     """Build or update the index of the corpus folder."""
     from .documents import MAX_FILE_MB_ENV
 
@@ -95,7 +97,7 @@ def index_command(ctx: click.Context, force: bool, max_file_mb: float | None) ->
     if max_file_mb is not None:
         os.environ[MAX_FILE_MB_ENV] = repr(max_file_mb)  # the corpus loader reads the limit from here
     try:
-        _index(ctx, force)
+        _index(ctx, force, write_metadata)
     finally:
         if previous is None:
             os.environ.pop(MAX_FILE_MB_ENV, None)
@@ -120,7 +122,7 @@ def eta_line(done: int, total: int, seconds: float) -> str | None:
             f"(first batch: {rate:.1f} texts/s)")
 
 
-def _index(ctx: click.Context, force: bool) -> None:
+def _index(ctx: click.Context, force: bool, write_metadata: bool) -> None:
     import time
 
     from tqdm import tqdm
@@ -157,7 +159,7 @@ def _index(ctx: click.Context, force: bool) -> None:
         if not message.startswith(SKIP_PREFIX):  # every skipped file is listed once, after the build
             click.echo(message, err=True)
 
-    report = qa.build(force=force, progress=progress, log=log)
+    report = qa.build(force=force, progress=progress, log=log, write_metadata=write_metadata)
     if stage["bar"] is not None:
         stage["bar"].close()
     if report.skipped:
@@ -172,6 +174,19 @@ def _index(ctx: click.Context, force: bool) -> None:
         click.echo(f"{SKIP_PREFIX}{failure.reason}", err=True)
 
 
+@main.command("check")
+@click.pass_context
+@handle_errors
+def check_command(ctx: click.Context) -> None:
+    """Verify the index: every file against its recorded checksum, and that its parts fit together."""
+    problems = _qa(ctx).check()
+    if problems:
+        for problem in problems:
+            click.echo(f"问题 / problem: {problem}", err=True)
+        _fail("索引需要重建，请运行 `rag index` / the index needs a rebuild: run `rag index`")
+    click.echo("索引完好 / the index is healthy")
+
+
 def _questions(question: str | None, as_json: bool) -> list[str] | None:
     if question is not None:
         return [question]
@@ -181,24 +196,41 @@ def _questions(question: str | None, as_json: bool) -> list[str] | None:
 
 
 def _print_hits(result) -> None:
-    from .chunking import missing_context
+    from .present import hits_text
 
-    if result.error:
-        click.echo(result.error)
-        return
     if result.warning:
         click.echo(result.warning, err=True)
-    if not result.hits:
-        click.echo("没有结果 / no results")
-    for hit in result.hits:
-        click.echo(f"[{hit.rank}] {hit.document.label}  {hit.citation}  score={hit.score:.4f}")
-        header = missing_context(hit.chunk.table_header, hit.chunk.text)
-        if header:
-            click.echo("    表头: " + header.replace("\n", " / ").replace("\t", " | "))
-        click.echo("    " + hit.chunk.text.replace("\n", "\n    "))
-        if hit.also_in:
-            click.echo("    亦见 / also in: " + ", ".join(hit.also_in))
-        click.echo("")
+    click.echo(hits_text(result))
+
+
+def read_history(path: Path | None) -> list[str] | None:
+    """The chat's earlier questions from ``--history``: a JSON list of questions or of chat messages
+    (``{"role": "user", "content": …}``, other roles skipped), or plain text with one question per line."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RagError(f"无法读取对话历史 / cannot read history file {path}: {exc}") from exc
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(items, list):
+        raise RagError(f"对话历史应为问题列表或消息列表 / history must be a JSON list: {path}")
+    questions = []
+    for item in items:
+        if isinstance(item, str):
+            questions.append(item)
+        elif isinstance(item, dict) and item.get("role", "user") == "user" and isinstance(item.get("content"), str):
+            questions.append(item["content"])
+    return questions
+
+
+HISTORY_OPTION = click.option(
+    "--history", "history_file", type=click.Path(path_type=Path), default=None,
+    help="Earlier questions of the chat (JSON list of questions or chat messages, or one per line): "
+         "a follow-up such as '那GPT-4呢？' is searched as the standalone question it stands for.")
 
 
 def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Callable, render: Callable) -> None:
@@ -221,12 +253,21 @@ def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Cal
 @click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
 @click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@HISTORY_OPTION
 @click.pass_context
 @handle_errors
-def search_command(ctx, question, top_k, mode, sources, as_json) -> None:
+def search_command(ctx, question, top_k, mode, sources, as_json, history_file) -> None:
     """Find the passages that answer QUESTION."""
+    history = read_history(history_file)
     _run_batch(ctx, question, as_json,
-               lambda qa, q: qa.search(q, top_k=top_k, mode=mode, sources=list(sources) or None), _print_hits)
+               lambda qa, q: qa.search(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history),
+               _print_hits)
+
+
+def _print_answer(result) -> None:
+    from .present import answer_text
+
+    click.echo(answer_text(result))
 
 
 @main.command("ask")
@@ -235,13 +276,15 @@ def search_command(ctx, question, top_k, mode, sources, as_json) -> None:
 @click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
 @click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@HISTORY_OPTION
 @click.pass_context
 @handle_errors
-def ask_command(ctx, question, top_k, mode, sources, as_json) -> None:
+def ask_command(ctx, question, top_k, mode, sources, as_json, history_file) -> None:
     """Answer QUESTION with sentences quoted from the reports, each cited."""
+    history = read_history(history_file)
     _run_batch(ctx, question, as_json,
-               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None),
-               lambda result: click.echo(result.render()))
+               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history),
+               _print_answer)
 
 
 @main.command("cite")
@@ -256,22 +299,9 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(view.to_json(context_chars), ensure_ascii=False))
         return
-    info = view.document.info
-    click.echo(f"报告 / report: {view.document.label}")
-    if info.analysts:
-        click.echo(f"分析师 / analysts: {'、'.join(info.analysts)}")
-    location = f"{view.document.source}, 行 L{view.line_start}-L{view.line_end}"
-    if view.page:
-        location += f", 第 {view.page} 页"
-    click.echo(f"位置 / location: {location}")
-    if view.document.duplicates:
-        click.echo(f"近似重复 / also in: {', '.join(view.document.duplicates)}")
-    click.echo("—— 上文 / before ——")
-    click.echo(view.before(context_chars))
-    click.echo("—— 引文 / passage ——")
-    click.echo(view.text)
-    click.echo("—— 下文 / after ——")
-    click.echo(view.after(context_chars))
+    from .present import citation_text
+
+    click.echo(citation_text(view, context_chars))
 
 
 @main.command("eval")
@@ -284,13 +314,26 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
 @click.option("--limit", type=int, default=None, help="Only the first N questions (smoke runs).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval/results"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
+@click.option("--conversations", "conversations_file", type=click.Path(path_type=Path), default=None,
+              help="Evaluate follow-up questions instead: a conversation file (eval/conversations.jsonl).")
 @click.pass_context
 @handle_errors
-def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json) -> None:
+def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, conversations_file) -> None:
     """Benchmark retrieval on a question set: bm25, dense, the default pipeline and a typical recipe."""
     import datetime
 
     from . import evaluate
+
+    if conversations_file is not None:
+        split = split or "test"
+        qa = _qa(ctx)
+        qa.build(log=lambda m: click.echo(m, err=True))
+        numbers = evaluate.evaluate_conversations(qa, evaluate.load_conversations(conversations_file, split)[:limit])
+        report = evaluate.conversations_report(numbers, split, str(conversations_file))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{datetime.date.today().isoformat()}-conversations-{split}.md").write_text(report, encoding="utf-8")
+        click.echo(json.dumps(numbers, ensure_ascii=False, indent=2) if as_json else report)
+        return
 
     every_question = evaluate.load_questions(questions_file)
     if split is None:  # a user's own question file need not label splits: then it is run whole

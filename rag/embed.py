@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -93,6 +94,29 @@ class SentenceTransformerEmbedder:
             vectors = self.model.encode(list(texts), prompt=self._query_prompt, normalize_embeddings=True,
                                         convert_to_numpy=True, batch_size=self.batch_size)
         return np.asarray(vectors, dtype=np.float32)
+
+
+class QueryEncoder:
+    """Question vectors with a small cache: a question asked again (or re-answered) is not re-embedded."""
+
+    def __init__(self, embedder: Embedder, cache_size: int = 256):
+        self.embedder = embedder
+        self._encode = lru_cache(maxsize=cache_size)(self._encode_uncached)
+        # The embedder encodes one batch at a time anyway; holding a lock across the cache lookup
+        # makes simultaneous identical questions share one encoding instead of queueing several.
+        self._lock = threading.Lock()
+
+    def _encode_uncached(self, text: str) -> np.ndarray:
+        return self.embedder.embed_queries([text])[0]
+
+    def encode(self, text: str) -> np.ndarray:
+        """The normalised vector of one question."""
+        with self._lock:
+            return self._encode(text)
+
+    def clear(self) -> None:
+        """Forget cached vectors (benchmarks time uncached questions)."""
+        self._encode.cache_clear()
 
 
 def resolve_model(model: str | None) -> Path | str:

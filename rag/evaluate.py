@@ -24,10 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import fitted
 from .api import ReportQA, Settings
 from .chunking import ChunkerSettings
 from .errors import RagError
-from .retrieve import Hit
+from .results import Answer, Hit, SearchResult
 from .textnorm import fold, squeeze
 
 TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
@@ -123,7 +124,7 @@ def _relevant_hit(hit: Hit, question: Question, qa: ReportQA) -> bool:
     if is_relevant(hit.chunk.text, hit.chunk.source, question):
         return True
     for citation in hit.also_in:  # a folded near-copy counts as the same passage
-        copy = qa.index.by_citation.get(citation)
+        copy = qa.store.chunk_by_citation(citation)
         if copy and is_relevant(copy.text, copy.source, question):
             return True
     return False
@@ -218,7 +219,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     answer_numbers: dict[str, float] = {}
     answer_lengths: list[float] = []
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
-    config.qa.retriever.clear_cache()
+    config.qa.encoder.clear()
     for question in questions:
         began = time.perf_counter()
         found = config.qa.search(question.question, top_k=depth, mode=config.mode)
@@ -226,7 +227,8 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         hits = found.hits
         best_signals[question.id] = hits
         # The answer `rag ask` would give, with its abstention decision and caution flag.
-        answer = config.qa.compose(question.question, hits)
+        answer = (config.qa.compose(found.analysed, hits) if found.analysed is not None
+                  else Answer(found.error or "", True, []))
         probabilities[question.id] = answer.unanswerable_probability
         abstained[question.id] = answer.abstained
         cautioned[question.id] = answer.caution
@@ -324,6 +326,8 @@ def standard_configurations(corpus_dir: Path, index_dir: Path, model: str | None
     settings = settings or Settings()
     main = ReportQA(corpus_dir, index_dir, model=model, settings=settings)
     main.build(log=log)
+    for warning in fitted.mismatches(main.store.manifest):
+        log(warning)
     recipe_settings = replace(settings, chunker=RECIPE_CHUNKER)
     recipe = ReportQA(corpus_dir, index_dir / "baselines" / "recipe", model=model,
                       settings=recipe_settings)
@@ -463,3 +467,91 @@ def results_json(results: list[ConfigResult]) -> dict:
                      "intervals": {m: metric_interval(r, m) for m in INTERVAL_METRICS}}
             for r in results}
 
+
+
+# -- follow-up questions ---------------------------------------------------------------------------
+
+@dataclass
+class Conversation:
+    """A chat of two or three turns; every turn is a ``Question`` whose ``answer`` is its reference and whose
+    ``standalone`` form is what a person would write for it out of context."""
+
+    id: str
+    split: str
+    turns: list[Question]
+    standalone: list[str]
+
+
+def load_conversations(path: Path, split: str | None = None) -> list[Conversation]:
+    """Read a conversation file (JSON lines: id, split, turns with question/standalone/evidence/docs/answer)."""
+    conversations = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise RagError(f"无法读取对话集 / cannot read conversation file {path}: {exc.strerror}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            turns = [Question(id=f"{raw['id']}-{n}", question=t["question"], evidence=list(t["evidence"]),
+                              docs=list(t.get("docs", [])), type="followup" if n else "fact",
+                              split=raw.get("split", ""), answer=t.get("answer", ""))
+                     for n, t in enumerate(raw["turns"])]
+            standalone = [t.get("standalone") or t["question"] for t in raw["turns"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RagError(f"对话集第 {number} 行格式错误 / bad line {number} in {path}: {exc}") from exc
+        conversations.append(Conversation(str(raw["id"]), raw.get("split", ""), turns, standalone))
+    chosen = [c for c in conversations if split in (None, "all") or c.split == split]
+    if not chosen:
+        raise RagError(f"对话集中没有对话 / no conversations in {path} for split {split!r}")
+    return chosen
+
+
+FOLLOWUP_RUNS = ("first turns", "follow-ups as typed", "follow-ups rewritten from the history",
+                 "follow-ups as written standalone (reference)")
+
+
+def _judged(found: SearchResult, question: Question, qa: ReportQA) -> list[tuple[str, bool]]:
+    return [(h.citation, _relevant_hit(h, question, qa)) for h in found.hits]
+
+
+def evaluate_conversations(qa: ReportQA, conversations: list[Conversation], depth: int = 10) -> dict[str, dict]:
+    """Hit@5 and MRR@10 of the first turns, and of the follow-up turns searched as typed (no history),
+    rewritten from the history (``rag.followup``), and as their reference standalone questions."""
+    runs: dict[str, dict[str, list[tuple[str, bool]]]] = {name: {} for name in FOLLOWUP_RUNS}
+    exact = []
+    for conversation in conversations:
+        for position, turn in enumerate(conversation.turns):
+            asked = [t.question for t in conversation.turns[:position]]
+
+            if position == 0:
+                runs[FOLLOWUP_RUNS[0]][turn.id] = _judged(qa.search(turn.question, top_k=depth), turn, qa)
+                continue
+            runs[FOLLOWUP_RUNS[1]][turn.id] = _judged(qa.search(turn.question, top_k=depth), turn, qa)
+            rewritten = qa.search(turn.question, top_k=depth, history=asked)
+            runs[FOLLOWUP_RUNS[2]][turn.id] = _judged(rewritten, turn, qa)
+            reference = conversation.standalone[position]
+            exact.append(float(squeeze(rewritten.standalone or turn.question) == squeeze(reference)))
+            runs[FOLLOWUP_RUNS[3]][turn.id] = _judged(qa.search(reference, top_k=depth), turn, qa)
+    results = {}
+    for name, run in runs.items():
+        scores = _ranx_scores(run)
+        results[name] = {"n": float(len(run)), "hit@5": _mean([s["hit@5"] for s in scores.values()]),
+                         "mrr@10": _mean([s["mrr@10"] for s in scores.values()])}
+    results["rewrite equals the reference"] = {"n": float(len(exact)), "share": _mean(exact)}
+    return results
+
+
+def conversations_report(results: dict[str, dict], split: str, source: str) -> str:
+    """The follow-up evaluation as Markdown."""
+    lines = [f"# Follow-up questions — split `{split}`", "",
+             f"Conversations from `{source}`. Generated by `rag eval --conversations {source} --split {split}`.", "",
+             _row(["turns", "n", "Hit@5", "MRR@10"]), _row(["---"] * 4)]
+    for name in FOLLOWUP_RUNS:
+        r = results[name]
+        lines.append(_row([name, f"{r['n']:.0f}", f"{r['hit@5']:.3f}", f"{r['mrr@10']:.3f}"]))
+    exact = results["rewrite equals the reference"]
+    lines += ["", f"The rewrite equals the reference standalone question (whitespace ignored) for "
+              f"{exact['share']:.2f} of {exact['n']:.0f} follow-up turns."]
+    return "\n".join(lines) + "\n"

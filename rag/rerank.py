@@ -1,25 +1,29 @@
-"""Optional second stage: a cross-encoder that re-scores the top candidates.
+"""Re-ranking the head of the first-stage ranking, behind one small protocol.
 
-No Chinese cross-encoder with bundled weights is available here, so the default pipeline's second
-stage is the score fusion in ``rag.retrieve`` (passage and sentence similarity, BM25, query-term
-coverage). Users who have a cross-encoder on disk (for example a bge-reranker folder) can set
-``RAG_RERANKER`` or ``rag --reranker PATH``; it then re-orders the top ``depth`` candidates.
+Two implementations: the learned second stage (``rag.second_stage``, the default in hybrid mode)
+and a cross-encoder from a local folder (``RAG_RERANKER`` or ``rag --reranker PATH``, for example a
+bge-reranker; no Chinese cross-encoder with bundled weights ships here), which replaces it in every
+mode. ``rerank`` re-sorts the head by the new scores and keeps the tail below it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from .errors import RagError
+from .query import Query
+from .records import lexical_text
+from .scoring import Candidate
 
 
 class Reranker(Protocol):
-    """Scores (query, passage) pairs; higher is more relevant."""
+    """Scores the head candidates of a question; higher is more relevant."""
 
-    def score(self, query: str, passages: list[str]) -> list[float]:
-        """One score per passage."""
+    def rescore(self, query: Query, head: Sequence[Candidate]) -> list[float]:
+        """One score per candidate."""
         ...
 
 
@@ -38,14 +42,27 @@ class CrossEncoderReranker:
         except Exception as exc:  # the library raises many types for an unusable folder
             raise RagError(f"无法加载重排序模型 / cannot load reranker {folder}: {exc}") from exc
 
-    def score(self, query: str, passages: list[str]) -> list[float]:
-        """Cross-encoder relevance of each passage to the query."""
-        if not passages:
+    def rescore(self, query: Query, head: Sequence[Candidate]) -> list[float]:
+        """Cross-encoder relevance of each passage (with its table header) to the question."""
+        if not head:
             return []
-        return [float(s) for s in self.model.predict([(query, p) for p in passages])]
+        return [float(s) for s in self.model.predict([(query.text, lexical_text(c.chunk)) for c in head])]
 
 
-def load_reranker(path: str | None) -> Reranker | None:
-    """The configured reranker (``path`` or ``RAG_RERANKER``), or None when none is configured."""
+def load_cross_encoder(path: str | None) -> Reranker | None:
+    """The configured cross-encoder (``path`` or ``RAG_RERANKER``), or None when none is configured."""
     chosen = path or os.environ.get("RAG_RERANKER")
     return CrossEncoderReranker(chosen) if chosen else None
+
+
+def rerank(ranked: list[Candidate], reranker: Reranker, query: Query, depth: int) -> list[Candidate]:
+    """The top ``depth`` re-sorted by ``reranker`` (its scores replace theirs), the rest kept below them."""
+    head, tail = ranked[:depth], ranked[depth:]
+    scores = reranker.rescore(query, head)
+    for candidate, score in zip(head, scores, strict=True):
+        candidate.score = score
+    head = sorted(head, key=lambda c: -c.score)
+    floor = min(scores) if scores else 0.0
+    for candidate in tail:
+        candidate.score = floor - 1.0  # keep the tail below every re-scored passage
+    return head + tail

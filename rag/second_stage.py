@@ -14,18 +14,22 @@ look at, computed for each of the top ``FusionSettings.rerank_depth`` candidates
 * ``digits_if_quantity`` — digit density of the passage when the question asks for a quantity.
 
 The weights are fitted on the dev split by ``python eval/tune.py rerank`` (pairwise logistic
-regression: a relevant passage should outscore an irrelevant one of the same question), which prints
-them with their cross-validated MRR. A user's cross-encoder (``rag.rerank``) replaces this stage.
+regression: a relevant passage should outscore an irrelevant one of the same question), which writes
+them into ``rag/data/fitted.json`` with their cross-validated MRR. A user's cross-encoder
+(``rag.rerank``) replaces this stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .question import asks_quantity, term_weights, weighted_share
+from . import fitted
+from .fusion import present
+from .query import Query
+from .scoring import Candidate
 
 SIGNALS = ("dense", "sentence", "bm25", "coverage", "idf_coverage", "bigrams", "phrase", "digits_if_quantity")
 
@@ -34,13 +38,15 @@ SIGNALS = ("dense", "sentence", "bm25", "coverage", "idf_coverage", "bigrams", "
 class SecondStageModel:
     """Linear score over ``SIGNALS`` (raw values; the fit's standardisation is folded into the weights)."""
 
-    weights: dict[str, float] = field(default_factory=lambda: {
-        "dense": 12.586, "sentence": 8.685, "bm25": 1.497, "coverage": 0.026, "idf_coverage": 2.27,
-        "bigrams": 2.562, "phrase": 0.29, "digits_if_quantity": 5.28})
+    weights: dict[str, float] = field(default_factory=lambda: fitted.values("second_stage")["weights"])
 
     def score(self, signals: np.ndarray) -> np.ndarray:
         """One score per row of ``signals`` (columns in ``SIGNALS`` order)."""
         return signals @ np.array([self.weights[name] for name in SIGNALS])
+
+    def rescore(self, query: Query, head: Sequence[Candidate]) -> list[float]:
+        """The second-stage score of each candidate (the ``Reranker`` protocol)."""
+        return [float(s) for s in self.score(signals(query, head))]
 
 
 def bigrams(text: str) -> set[str]:
@@ -59,24 +65,19 @@ def longest_shared_run(query: str, text: str) -> int:
     return best
 
 
-def signals(query_folded: str, terms: Sequence[str], idf: Callable[[str], float], texts_folded: Sequence[str],
-            digit_shares: Sequence[float], dense: Sequence[float], sentence: Sequence[float],
-            bm25: Sequence[float], coverage: Sequence[float]) -> np.ndarray:
-    """The ``SIGNALS`` matrix for candidates given as folded space-free texts and first-stage scores.
-
-    ``query_folded`` is the question folded with spaces removed; ``terms`` its distinct query terms.
-    """
-    weights = term_weights(terms, idf)
-    query_bigrams = bigrams(query_folded)
-    quantity = float(asks_quantity(query_folded))
-    top_bm25 = max(bm25, default=0.0) or 1.0
+def signals(query: Query, head: Sequence[Candidate]) -> np.ndarray:
+    """The ``SIGNALS`` matrix of the candidates at the head of the first-stage ranking."""
+    query_bigrams = bigrams(query.folded)
+    top_bm25 = float(max((present(c.bm25) for c in head), default=0.0)) or 1.0
     rows = []
-    for position, text in enumerate(texts_folded):
+    for c in head:
+        sentence = present(c.dense if c.sentence is None else c.sentence)
+        digit_share = sum(ch.isdigit() for ch in c.chunk.text) / max(1, len(c.chunk.text))
         rows.append((
-            dense[position], sentence[position], bm25[position] / top_bm25, coverage[position],
-            weighted_share(weights, text),
-            sum(1 for b in query_bigrams if b in text) / max(1, len(query_bigrams)),
-            longest_shared_run(query_folded, text) / max(1, len(query_folded)),
-            digit_shares[position] * quantity,
+            float(present(c.dense)), float(sentence), float(present(c.bm25)) / top_bm25, c.coverage,
+            query.weighted_share(c.folded),
+            sum(1 for b in query_bigrams if b in c.folded) / max(1, len(query_bigrams)),
+            longest_shared_run(query.folded, c.folded) / max(1, len(query.folded)),
+            digit_share * float(query.asks_quantity),
         ))
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(SIGNALS))

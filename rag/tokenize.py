@@ -6,8 +6,10 @@ contribute their parts, so "GPT3" and "GPT-3" still meet. Chinese runs go throug
 mode, which yields whole words plus their shorter sub-words. A name written straight before a
 version number ("源1.0", "悟道3.0", "ERNIE 3.0") also yields the joined name ("源1.0", "ernie3.0"), so a
 question about one version meets the rows that name it rather than every "1.0" in the corpus.
-Jieba also learns the domain words in ``data/domain_words.txt`` (参数量, 算力 …), which its general
-dictionary would split.
+
+Each index owns a ``Tokenizer``: its own ``jieba.Tokenizer`` with the domain words in
+``data/domain_words.txt`` (参数量, 算力 …) and the corpus terms the index was built with, so how a
+question is cut never depends on which other indexes the process opened before.
 """
 
 from __future__ import annotations
@@ -24,16 +26,14 @@ import jieba
 from .textnorm import fold
 
 jieba.setLogLevel(logging.WARNING)
-_LOCK = threading.Lock()
-_INITIALISED = False
 
-_LATIN = re.compile(r"[a-z0-9]+(?:[\-_.+/][a-z0-9]+)*")
-_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _TOKEN = re.compile(r"[a-z0-9]+(?:[\-_.+/][a-z0-9]+)*|[\u3400-\u9fff\uf900-\ufaff]+")
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _SEPARATOR = re.compile(r"[\-_+/]")
 _VERSION = re.compile(r"v?\d+(?:\.\d+)+")
 # Bump when tokens() changes: the BM25 index must be rebuilt with the new tokens.
 TOKENIZER_VERSION = 3
+WORD_FREQUENCY = 20000
 
 
 @lru_cache(maxsize=1)
@@ -43,56 +43,76 @@ def stopwords() -> frozenset[str]:
     return frozenset(w.strip() for w in text.split() if w.strip())
 
 
-def _ensure_jieba() -> None:
-    global _INITIALISED
-    with _LOCK:
-        if not _INITIALISED:
-            jieba.initialize()
-            text = resources.files("rag.data").joinpath("domain_words.txt").read_text(encoding="utf-8")
-            for word in text.split():
-                jieba.add_word(word, freq=20000)
-            _INITIALISED = True
+@lru_cache(maxsize=1)
+def domain_words() -> tuple[str, ...]:
+    """The bundled domain vocabulary (``data/domain_words.txt``)."""
+    text = resources.files("rag.data").joinpath("domain_words.txt").read_text(encoding="utf-8")
+    return tuple(text.split())
 
 
-def add_words(words: Iterable[str]) -> None:
-    """Teach jieba corpus terms (company and product names) so they are not split."""
-    _ensure_jieba()
-    for word in words:
-        if len(word) >= 2:
-            jieba.add_word(word, freq=20000)
+class Tokenizer:
+    """Jieba with its own dictionary: the general one, the domain words and ``user_words``."""
+
+    def __init__(self, user_words: Iterable[str] = ()):
+        self.user_words = tuple(sorted({w for w in user_words if len(w) >= 2}))
+        self._jieba = jieba.Tokenizer()
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def _ensure_ready(self) -> jieba.Tokenizer:
+        # Loading jieba's dictionary takes about a second: only on first use.
+        with self._lock:
+            if not self._ready:
+                self._jieba.initialize()
+                for word in domain_words():
+                    self._jieba.add_word(word, freq=WORD_FREQUENCY)
+                for word in self.user_words:
+                    self._jieba.add_word(word, freq=WORD_FREQUENCY)
+                self._ready = True
+        return self._jieba
+
+    def word_spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) of every jieba word in ``text``, covering it without gaps."""
+        return [(start, end) for _, start, end in self._ensure_ready().tokenize(text)]
+
+    def tokens(self, text: str) -> list[str]:
+        """Matching tokens of ``text``: folded, jieba search-mode words, Latin runs and their parts."""
+        cutter = self._ensure_ready()
+        folded = fold(text)
+        stop = stopwords()
+        result: list[str] = []
+        name, name_end = "", -1  # the last word before this piece, and where it ended
+        for match in _TOKEN.finditer(folded):
+            piece = match.group(0)
+            if name and _VERSION.fullmatch(piece) and folded[name_end:match.start()].strip() == "":
+                result.append(name + piece)
+            if _CJK_RUN.fullmatch(piece):
+                words = list(cutter.cut_for_search(piece))
+                # Search mode ends with the run's last whole word; "增长了3.5倍": 了 names nothing.
+                name = "" if words[-1] in stop else words[-1]
+                result.extend(word for word in words if word not in stop)
+            else:
+                name = piece
+                result.append(piece)
+                parts = [part for part in _SEPARATOR.split(piece) if part]
+                if len(parts) > 1:
+                    result.extend(parts)
+                    result.append("".join(parts))
+            name_end = match.end()
+        return result
 
 
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every jieba word in ``text``, covering it without gaps."""
-    _ensure_jieba()
-    return [(start, end) for _, start, end in jieba.tokenize(text)]
+_SHARED: dict[tuple[str, ...], Tokenizer] = {}
+_SHARED_LOCK = threading.Lock()
 
 
-def tokens(text: str) -> list[str]:
-    """Matching tokens of ``text``: folded, jieba search-mode words, Latin runs and their parts."""
-    _ensure_jieba()
-    folded = fold(text)
-    stop = stopwords()
-    result: list[str] = []
-    name, name_end = "", -1  # the last word before this piece, and where it ended
-    for match in _TOKEN.finditer(folded):
-        piece = match.group(0)
-        if name and _VERSION.fullmatch(piece) and folded[name_end:match.start()].strip() == "":
-            result.append(name + piece)
-        if _CJK_RUN.fullmatch(piece):
-            words = list(jieba.cut_for_search(piece))
-            # Search mode ends with the run's last whole word; "增长了3.5倍": 了 names nothing.
-            name = "" if words[-1] in stop else words[-1]
-            result.extend(word for word in words if word not in stop)
-        else:
-            name = piece
-            result.append(piece)
-            parts = [part for part in _SEPARATOR.split(piece) if part]
-            if len(parts) > 1:
-                result.extend(parts)
-                result.append("".join(parts))
-        name_end = match.end()
-    return result
+def tokenizer_for(user_words: Iterable[str] = ()) -> Tokenizer:
+    """One ``Tokenizer`` per distinct dictionary per process (two indexes of one corpus share it)."""
+    key = tuple(sorted({w for w in user_words if len(w) >= 2}))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = Tokenizer(key)
+        return _SHARED[key]
 
 
 def corpus_terms(texts: Iterable[str]) -> set[str]:

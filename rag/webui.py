@@ -27,8 +27,7 @@ from __future__ import annotations
 import html
 import logging
 import os
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -36,12 +35,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
-from .answer import CAUTION, CLOSEST_TITLE  # noqa: E402
-from .api import MAX_UPLOAD_BYTES, AskResult, ReportExists, ReportQA, safe_file_name  # noqa: E402
-from .cite import CITATION, CitationView  # noqa: E402
+from .api import MAX_UPLOAD_BYTES, ReportExists, ReportQA, safe_file_name  # noqa: E402
 from .errors import RagError  # noqa: E402
-from .retrieve import Hit, query_terms  # noqa: E402
-from .textnorm import fold  # noqa: E402
+from .present import answer_html, answer_text, escape, lookup_html, notice_html  # noqa: E402
+from .results import AskResult  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +48,6 @@ DEFAULT_TOP_K = 5
 MAX_TOP_K = 20
 DEFAULT_CONCURRENCY = 16   # events of one kind running at once; more wait in the queue
 QUEUE_MAX_SIZE = 512       # events waiting at most; beyond that a user is told the queue is full
-CONTEXT_CHARS = 200        # context each side of a cited passage in the chat
-LOOKUP_CONTEXT_CHARS = 400  # … and in the 引用查询 tab
-MAX_PHRASE_HITS = 20
 
 CSS = """
 .rag-answer, .rag-lookup { line-height: 1.7; }
@@ -94,196 +88,9 @@ def _theme() -> gr.themes.Base:
 
 
 # ---------------------------------------------------------------------------------------------
-# Formatting (pure functions of API results)
 # ---------------------------------------------------------------------------------------------
-
-_BLANK_RUN = re.compile(r"\n[ \t\u3000]*(?:\n[ \t\u3000]*)+\n")
-
-
-def _escape(text: str) -> str:
-    """HTML-escaped text with line breaks as <br>, so a whole message stays one HTML block.
-
-    Runs of blank lines (figure placeholders in extracted reports) are shown as one blank line.
-    """
-    return html.escape(_BLANK_RUN.sub("\n\n", text), quote=False).replace("\n", "<br>")
-
-
-def highlight_terms(question: str) -> list[str]:
-    """The question's matching terms worth marking: ``query_terms`` without one-character words."""
-    terms = query_terms(question)
-    longer = [t for t in terms if len(t) >= 2]
-    return longer or terms
-
-
-def highlight(text: str, terms: Iterable[str]) -> str:
-    """``text`` as HTML, with every occurrence of a term wrapped in <mark>.
-
-    Matching uses the same folding as retrieval (width, case, NFKC) and ignores whitespace, so
-    ``gpt-3`` marks "GPT-3" and "ＧＰＴ－３"; everything else is HTML-escaped.
-    """
-    needles = sorted({"".join(fold(t).split()) for t in terms if t and t.strip()}, key=len, reverse=True)
-    if not text or not needles:
-        return _escape(text)
-    folded: list[str] = []
-    owner: list[int] = []
-    for position, ch in enumerate(text):
-        if ch.isspace():
-            continue
-        for piece in fold(ch):
-            folded.append(piece)
-            owner.append(position)
-    haystack = "".join(folded)
-    spans = []
-    for needle in needles:
-        start = haystack.find(needle)
-        while start >= 0:
-            spans.append((owner[start], owner[start + len(needle) - 1] + 1))
-            start = haystack.find(needle, start + 1)
-    if not spans:
-        return _escape(text)
-    spans.sort()
-    merged = [list(spans[0])]
-    for start, end in spans[1:]:
-        if start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    parts, cursor = [], 0
-    for start, end in merged:
-        parts.append(_escape(text[cursor:start]))
-        parts.append(f"<mark>{_escape(text[start:end])}</mark>")
-        cursor = end
-    parts.append(_escape(text[cursor:]))
-    return "".join(parts)
-
-
-def _location(citation: str, line_start: int, line_end: int, page: int | None) -> str:
-    lines = f"第 {line_start} 行" if line_start == line_end else f"第 {line_start}–{line_end} 行"
-    parts = [f"引用编号 <code>{html.escape(citation)}</code>", lines]
-    if page:
-        parts.append(f"第 {page} 页")
-    return " · ".join(parts)
-
-
-def _context_html(view: CitationView, terms: list[str], chars: int) -> str:
-    before, after = view.before(chars), view.after(chars)
-    lead = "…" if view.start - len(before) > 0 else ""
-    tail = "…" if view.end + len(after) < len(view.document.text) else ""
-    return (f"{lead}{_escape(before)}<span class=\"rag-cited\">{highlight(view.text, terms)}</span>"
-            f"{_escape(after)}{tail}")
-
-
-def _also_in_html(qa: ReportQA, citations: list[str]) -> str:
-    if not citations:
-        return ""
-    items = []
-    for citation in citations:
-        try:
-            label = qa.cite(citation).document.label
-            items.append(f"<code>{html.escape(citation)}</code>（{html.escape(label)}）")
-        except RagError:
-            items.append(f"<code>{html.escape(citation)}</code>")
-    return f"<div class=\"rag-also\">亦见：{'；'.join(items)}</div>"
-
-
-def source_html(qa: ReportQA, number: int, hit: Hit, terms: list[str]) -> str:
-    """One numbered source: label, location, highlighted passage, 上下文 and 亦见."""
-    chunk = hit.chunk
-    parts = [
-        "<div class=\"rag-source\">",
-        f"<div class=\"rag-source-head\"><span class=\"rag-marker\">[{number}]</span> "
-        f"{html.escape(hit.document.label)}</div>",
-        f"<div class=\"rag-loc\">{_location(hit.citation, chunk.line_start, chunk.line_end, chunk.page)}</div>",
-        f"<div class=\"rag-passage\">{highlight(chunk.text, terms)}</div>",
-    ]
-    try:
-        view = qa.cite(hit.citation)
-        parts.append("<details class=\"rag-context\"><summary>上下文</summary>"
-                     f"<div class=\"rag-context-body\">{_context_html(view, terms, CONTEXT_CHARS)}</div></details>")
-    except RagError as exc:  # the index changed under us; the passage itself is still shown
-        parts.append(f"<div class=\"rag-note\">{html.escape(str(exc))}</div>")
-    parts.append(_also_in_html(qa, hit.also_in))
-    parts.append("</div>")
-    return "".join(parts)
-
-
-def _marked_answer(answer: str) -> str:
-    escaped = _escape(answer)
-    return re.sub(r"\[(\d+)\]", r'<span class="rag-marker">[\1]</span>', escaped)
-
-
-def answer_html(qa: ReportQA, result: AskResult) -> str:
-    """An ``AskResult`` as one chat message: the answer with markers, then the numbered sources."""
-    if result.error:
-        return f"<div class=\"rag-answer\"><div class=\"rag-error\">{_escape(result.error)}</div></div>"
-    parts = ["<div class=\"rag-answer\">"]
-    if result.caution:
-        parts.append(f"<div class=\"rag-note rag-caution\">{_escape(CAUTION)}</div>")
-    parts.append(f"<div class=\"rag-answer-text\">{_marked_answer(result.answer)}</div>")
-    if result.warning:
-        parts.append(f"<div class=\"rag-note\">{_escape(result.warning)}</div>")
-    if result.abstained:
-        parts.append("<div class=\"rag-note\">可以换个问法、增加检索段落数，或取消报告筛选后再试。</div>")
-    for title, hits in (("来源", result.sources), (CLOSEST_TITLE.rstrip("："), result.closest)):
-        if hits:
-            terms = highlight_terms(result.query)
-            parts.append(f"<div class=\"rag-sources\"><div class=\"rag-sources-title\">{_escape(title)}</div>")
-            parts.extend(source_html(qa, n, hit, terms) for n, hit in enumerate(hits, start=1))
-            parts.append("</div>")
-    parts.append("</div>")
-    return "".join(parts)
-
-
-def notice_html(message: str, error: bool = True) -> str:
-    """A short message in the answer/lookup style."""
-    css = "rag-error" if error else "rag-empty"
-    return f"<div class=\"rag-answer\"><div class=\"{css}\">{_escape(message)}</div></div>"
-
-
-def view_html(view: CitationView, terms: list[str] | None = None, chars: int = LOOKUP_CONTEXT_CHARS,
-              open_context: bool = True) -> str:
-    """A looked-up passage: report, location, near-duplicates, the passage, and its context."""
-    terms = terms or []
-    info = view.document.info
-    parts = ["<div class=\"rag-source\">",
-             f"<div class=\"rag-source-head\">{html.escape(view.document.label)}</div>",
-             f"<div class=\"rag-loc\">{_location(view.citation, view.line_start, view.line_end, view.page)}</div>"]
-    if info.analysts:
-        parts.append(f"<div class=\"rag-loc\">分析师：{html.escape('、'.join(info.analysts))}</div>")
-    if view.document.duplicates:
-        parts.append(f"<div class=\"rag-also\">近似重复报告：{html.escape('、'.join(view.document.duplicates))}</div>")
-    parts.append(f"<div class=\"rag-passage\">{highlight(view.text, terms)}</div>")
-    parts.append(f"<details class=\"rag-context\"{' open' if open_context else ''}><summary>上下文</summary>"
-                 f"<div class=\"rag-context-body\">{_context_html(view, terms, chars)}</div></details>")
-    parts.append("</div>")
-    return "".join(parts)
-
-
-def lookup_html(qa: ReportQA, text: str) -> str:
-    """Resolve a citation ID (``qa.cite``) or a phrase (``qa.find``) into HTML; errors become messages."""
-    query = (text or "").strip()
-    if not query:
-        return notice_html("请输入引用编号（如 004_e0d667138c034a95.txt:L66-L81）或要查找的短语。", error=False)
-    status = qa.index_status()
-    if status:
-        return notice_html(status)
-    try:
-        if CITATION.match(query):
-            view = qa.cite(query)
-            return f"<div class=\"rag-lookup\">{view_html(view)}</div>"
-        phrase = query.strip("\"'“”「」『』 ")
-        views = qa.find(query)
-    except RagError as exc:
-        return notice_html(f"查询失败：{exc}")
-    if not views:
-        return notice_html(f"未找到短语“{phrase}” / phrase not found.")
-    shown = views[:MAX_PHRASE_HITS]
-    more = f"，仅显示前 {MAX_PHRASE_HITS} 处" if len(views) > len(shown) else ""
-    parts = [f"<div class=\"rag-lookup\"><div class=\"rag-sources-title\">找到 {len(views)} 处{more}</div>"]
-    parts.extend(view_html(view, [phrase], chars=CONTEXT_CHARS, open_context=False) for view in shown)
-    parts.append("</div>")
-    return "".join(parts)
-
+# Widgets' data
+# ---------------------------------------------------------------------------------------------
 
 def report_choices(qa: ReportQA) -> list[tuple[str, str]]:
     """Filter choices (label shown, file name as value); empty while there is no index."""
@@ -332,20 +139,22 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
     def status_markdown() -> str | None:
         return qa.index_status()
 
-    def ask_result(question: str, reports, top_k) -> AskResult:
-        """The API's answer, or an error result while the index is unusable."""
+    def ask_result(question: str, reports, top_k, asked: list[str] | None = None) -> AskResult:
+        """The API's answer (``asked``: the chat's earlier questions), or an error result while the index
+        is unusable."""
         status = status_markdown()
-        query = question if isinstance(question, str) else ""
         if status:
-            return AskResult(query=query, error=status, answer=status, abstained=True)
+            return AskResult(query=question if isinstance(question, str) else "", error=status, answer=status,
+                             abstained=True)
         try:
-            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports))
+            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports), history=asked)
         except RagError as exc:
-            return AskResult(query=query, error=str(exc), answer=str(exc), abstained=True)
+            return AskResult(query=question if isinstance(question, str) else "", error=str(exc), answer=str(exc),
+                             abstained=True)
 
-    def render_answer(question: str, reports, top_k) -> str:
+    def render_answer(question: str, reports, top_k, asked: list[str] | None = None) -> str:
         try:
-            return answer_html(qa, ask_result(question, reports, top_k))
+            return answer_html(qa, ask_result(question, reports, top_k, asked))
         except Exception as exc:  # never let one question break the session
             log.exception("answering %r failed", question)
             return notice_html(f"内部错误，请重试 / internal error: {exc}")
@@ -359,7 +168,7 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
             if not question:
                 gr.Warning("请输入问题 / please type a question")
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        history = [*history, {"role": "user", "content": _escape(question)}]
+        history = [*history, {"role": "user", "content": escape(question)}]
         return (gr.update(value="", interactive=False), gr.update(interactive=False), history,
                 {**state, "pending": question})
 
@@ -368,17 +177,19 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         question = state.get("pending")
         if not question:
             return gr.skip(), gr.skip(), *unlock
-        history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k)}]
-        return history, {"last_question": question, "pending": None}, *unlock
+        asked = state.get("asked", [])
+        history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k, asked)}]
+        return history, {"last_question": question, "pending": None, "asked": [*asked, question]}, *unlock
 
     def on_example(event: gr.SelectData, history: list, state: dict, reports, top_k):
         value = event.value if isinstance(event.value, dict) else {"text": str(event.value)}
         question = (value.get("text") or "").strip()
         if not question or state.get("pending"):
             return gr.skip(), gr.skip()
-        history = [*history, {"role": "user", "content": _escape(question)},
-                   {"role": "assistant", "content": render_answer(question, reports, top_k)}]
-        return history, {"last_question": question, "pending": None}
+        asked = state.get("asked", [])
+        history = [*history, {"role": "user", "content": escape(question)},
+                   {"role": "assistant", "content": render_answer(question, reports, top_k, asked)}]
+        return history, {"last_question": question, "pending": None, "asked": [*asked, question]}
 
     def on_filters_changed(history: list, state: dict, reports, top_k):
         # Re-answer the last question under the new filters (replacing its answer), if it is the last turn.
@@ -386,10 +197,12 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         if not question or state.get("pending") or not history or history[-1].get("role") != "assistant":
             return gr.skip()
         note = "<div class=\"rag-note\">（已按新的筛选条件重新回答）</div>"
-        return [*history[:-1], {"role": "assistant", "content": render_answer(question, reports, top_k) + note}]
+        earlier = state.get("asked", [])[:-1]
+        answer = render_answer(question, reports, top_k, earlier) + note
+        return [*history[:-1], {"role": "assistant", "content": answer}]
 
     def on_clear():
-        return [], {"last_question": None, "pending": None}
+        return [], {"last_question": None, "pending": None, "asked": []}
 
     def on_lookup(text: str) -> str:
         try:
@@ -446,20 +259,22 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         gr.Info(message)
         return refresh(selected)
 
-    def api_ask(question: str, top_k: int = DEFAULT_TOP_K, reports: list[str] | None = None) -> dict:
-        """Answer a question. Returns the ``rag ask --json`` object (``answer`` with [n] markers,
-        ``sources``, ``hits``, ``error``/``warning`` when set) plus ``text``, the plain-text rendering."""
+    def api_ask(question: str, top_k: int = DEFAULT_TOP_K, reports: list[str] | None = None,
+                history: list[str] | None = None) -> dict:
+        """Answer a question (``history``: the chat's earlier questions, oldest first). Returns the
+        ``rag ask --json`` object (``answer`` with [n] markers, ``sources``, ``hits``,
+        ``error``/``warning``/``standalone`` when set) plus ``text``, the plain-text rendering."""
         # JSON clients may send a number ("2023"); anything else that is not text gets an error result.
         if isinstance(question, (int, float)) and not isinstance(question, bool):
             question = str(question)
-        result = ask_result(question, reports, top_k)
-        return {**result.to_json(), "text": result.render()}
+        result = ask_result(question, reports, top_k, history)
+        return {**result.to_json(), "text": answer_text(result)}
 
     # -- layout ---------------------------------------------------------------------------------
 
     initial_status = status_markdown()
     with gr.Blocks(title=TITLE, analytics_enabled=False, fill_width=False) as app:
-        state = gr.State({"last_question": None, "pending": None})
+        state = gr.State({"last_question": None, "pending": None, "asked": []})
         gr.Markdown(f"## {TITLE}\n用中文提问，答案中的句子均摘自报告原文，并以 [1] [2] 标注出处。")
         with gr.Row():
             status_md = gr.Markdown(f"⚠ {initial_status}" if initial_status else "", visible=bool(initial_status),
@@ -503,10 +318,10 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
             with gr.Tab("添加报告", id="upload"):
                 gr.Markdown(f"上传 **.txt / .md / .pdf** 报告（不超过 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB）。"
                             "文件经检查后复制到语料目录，并增量更新索引；完成后即可检索，无需重启。")
+                upload = gr.File(label="报告文件", file_count="single", type="filepath", elem_id="rag-upload")
                 replace_box = gr.Checkbox(False, label="替换同名报告", elem_id="rag-upload-replace",
                                           info="默认不覆盖已有报告；勾选后才替换，旧版本在新索引完成前"
                                                "暂存于语料目录的 .replaced/ 中")
-                upload = gr.File(label="报告文件", file_count="single", type="filepath", elem_id="rag-upload")
                 upload_status = gr.Markdown(elem_id="rag-upload-status")
                 with gr.Accordion("已索引的报告", open=True):
                     report_list = gr.Markdown(reports_table(qa))

@@ -24,12 +24,12 @@ def test_no_expansion_for_short_fragments_or_names_already_written():
     assert table.expand("视觉问答（VQA）的准确率") == []  # the English name is in the question already
 
 
-def test_seed_reports_define_their_aliases(seed_qa):
-    pairs = seed_qa.retriever.aliases.pairs
+def test_seed_reports_define_their_aliases(tiny_qa):
+    pairs = tiny_qa.store.aliases.pairs
     assert ("英伟达", "nvidia") in pairs
     assert ("魔搭", "modelscope") in pairs
 
 
-def test_chinese_question_reaches_the_english_passage_by_bm25(seed_qa):
-    hits = seed_qa.search("阿里的模型在视觉问答比赛里的准确率怎么样", top_k=5, mode="bm25").hits
+def test_chinese_question_reaches_the_english_passage_by_bm25(tiny_qa):
+    hits = tiny_qa.search("阿里的模型在视觉问答比赛里的准确率怎么样", top_k=5, mode="bm25").hits
     assert "vqa challenge" in hits[0].chunk.text.lower()

@@ -6,6 +6,7 @@ import pytest
 
 from rag.answer import NOT_FOUND, unanswerable_probability
 from rag.answerability import FEATURES, AnswerabilityModel, features
+from rag.present import answer_text
 
 # The entity is in the reports, the asked detail is not (dev-split near-misses).
 NEAR_MISSES = ["报告里给金山办公定的目标价是多少？", "科大讯飞2023年上半年营收多少亿？",
@@ -13,7 +14,8 @@ NEAR_MISSES = ["报告里给金山办公定的目标价是多少？", "科大讯
 
 
 def _features(qa, question: str) -> dict[str, float]:
-    return features(question, qa.search(question).hits, qa.retriever.idf)
+    found = qa.search(question)
+    return features(found.analysed, found.hits)
 
 
 @pytest.mark.parametrize("question", NEAR_MISSES)
@@ -36,10 +38,11 @@ def test_questions_without_a_quantity_are_not_treated_as_numeric(seed_qa):
 
 
 def test_probability_orders_answerable_below_near_miss(seed_qa):
-    settings, idf = seed_qa.settings.abstention, seed_qa.retriever.idf
+    settings = seed_qa.settings.answer.abstention
 
     def probability(question: str) -> float:
-        value = unanswerable_probability(question, seed_qa.search(question).hits, settings, idf)
+        found = seed_qa.search(question)
+        value = unanswerable_probability(found.analysed, found.hits, settings)
         assert value is not None and 0.0 <= value <= 1.0
         return value
 
@@ -48,9 +51,8 @@ def test_probability_orders_answerable_below_near_miss(seed_qa):
 
 
 def test_bm25_only_search_falls_back_to_coverage(seed_qa):
-    hits = seed_qa.search("GPT-3的参数量是多少", mode="bm25").hits
-    assert unanswerable_probability("GPT-3的参数量是多少", hits, seed_qa.settings.abstention,
-                                    seed_qa.retriever.idf) is None
+    found = seed_qa.search("GPT-3的参数量是多少", mode="bm25")
+    assert unanswerable_probability(found.analysed, found.hits, seed_qa.settings.answer.abstention) is None
     assert not seed_qa.ask("GPT-3的参数量是多少", mode="bm25").abstained
 
 
@@ -77,11 +79,11 @@ def test_a_near_miss_below_the_refusal_bar_is_answered_with_a_caution(seed_qa):
     from rag.answer import CAUTION
 
     result = seed_qa.ask("英伟达H200单卡售价大概多少美元？")
-    settings = seed_qa.settings.abstention
+    settings = seed_qa.settings.answer.abstention
     assert not result.abstained
     assert result.unanswerable_probability is not None
     assert settings.caution <= result.unanswerable_probability < settings.model.threshold
-    assert result.caution and result.render().startswith(CAUTION)
+    assert result.caution and answer_text(result).startswith(CAUTION)
     payload = result.to_json()
     assert payload["caution"] is True and payload["unanswerable_probability"] == result.unanswerable_probability
 
@@ -89,4 +91,4 @@ def test_a_near_miss_below_the_refusal_bar_is_answered_with_a_caution(seed_qa):
 def test_a_clear_answer_carries_no_caution(seed_qa):
     result = seed_qa.ask("GPT-3的参数量是多少")
     assert not result.abstained and not result.caution
-    assert "提示" not in result.render()
+    assert "提示" not in answer_text(result)

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from rag.chunking import Chunk, Chunker, is_slide_title, line_spans
 from rag.documents import Document, load_corpus
-from rag.tokenize import word_spans
+from rag.tokenize import tokenizer_for
+
+word_spans = tokenizer_for().word_spans
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The ``rag`` command through click's CliRunner, against the real seed index."""
+"""The ``rag`` command through click's CliRunner: the JSON contract and errors on the tiny-model index,
+answers that depend on retrieval quality on the real seed index."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ HIT_FIELDS = {"rank": int, "citation": str, "source": str, "title": str, "start"
 
 
 def run(qa, *args: str, input: str | None = None, index=None):
-    options = ["--corpus", str(qa.corpus_dir), "--index", str(index or qa.index_dir)]
+    options = ["--corpus", str(qa.corpus_dir), "--index", str(index or qa.index_dir), "--model", qa.model]
     return CliRunner().invoke(main, [*options, *args], input=input, catch_exceptions=True)
 
 
@@ -34,7 +35,7 @@ def check_hit(hit: dict, qa) -> None:
         assert key in hit, key
         assert isinstance(hit[key], kind), (key, hit[key])
     assert hit["source"] in qa.reports()
-    document = qa.index.documents[hit["source"]]
+    document = qa.store.documents[hit["source"]]
     assert document.text[hit["start"]:hit["end"]] == hit["text"]
     assert hit["citation"].startswith(hit["source"] + ":L")
 
@@ -55,8 +56,8 @@ def test_search_json_stdin_one_line_per_question(seed_qa):
     assert any("M6-OFA" in hit["text"] for hit in lines[2]["hits"])
 
 
-def test_search_json_top_k_and_mode(seed_qa):
-    result = run(seed_qa, "search", "--json", "--top-k", "2", "--mode", "bm25", "科大讯飞是什么时候上市的")
+def test_search_json_top_k_and_mode(tiny_qa):
+    result = run(tiny_qa, "search", "--json", "--top-k", "2", "--mode", "bm25", "科大讯飞是什么时候上市的")
     assert_clean(result)
     (line,) = json_lines(result)
     assert len(line["hits"]) == 2
@@ -76,8 +77,8 @@ def test_ask_json_adds_answer_and_abstained(seed_qa):
     assert unrelated["abstained"] is True and unrelated["answer"] == "在报告中未找到相关内容"
 
 
-def test_ask_plain_text_lists_sources(seed_qa):
-    result = run(seed_qa, "ask", "魔搭社区首批上架了多少个模型")
+def test_ask_plain_text_lists_sources(tiny_qa):
+    result = run(tiny_qa, "ask", "魔搭社区首批上架了多少个模型")
     assert_clean(result)
     assert "[1]" in result.stdout and "来源" in result.stdout
 
@@ -96,8 +97,8 @@ def test_refusal_lists_the_closest_passages_to_check(seed_qa):
     assert not seed_qa.ask("GPT-3的参数量是多少").closest  # only a refusal lists them
 
 
-def test_search_plain_text(seed_qa):
-    result = run(seed_qa, "search", "GPT-3的参数量是多少")
+def test_search_plain_text(tiny_qa):
+    result = run(tiny_qa, "search", "GPT-3的参数量是多少")
     assert_clean(result)
     assert "[1]" in result.stdout and ".txt:L" in result.stdout
 
@@ -112,53 +113,53 @@ HOSTILE = {
 
 @pytest.mark.parametrize("command", ["search", "ask"])
 @pytest.mark.parametrize("question", HOSTILE.values(), ids=HOSTILE.keys())
-def test_hostile_questions_return_valid_json(seed_qa, command, question):
-    result = run(seed_qa, command, "--json", question)
+def test_hostile_questions_return_valid_json(tiny_qa, command, question):
+    result = run(tiny_qa, command, "--json", question)
     assert_clean(result)
     (line,) = json_lines(result)
     assert isinstance(line["hits"], list)
     if line.get("error"):
         assert line["hits"] == []
     for hit in line["hits"]:
-        check_hit(hit, seed_qa)
+        check_hit(hit, tiny_qa)
     if command == "ask":
         assert isinstance(line["answer"], str) and isinstance(line["abstained"], bool)
     # the index is untouched by whatever the question said
-    assert len(seed_qa.index.chunks) == seed_qa.index.manifest["chunks"]
+    assert len(tiny_qa.store) == tiny_qa.store.manifest["chunks"]
 
 
-def test_20000_character_question(seed_qa):
+def test_20000_character_question(tiny_qa):
     question = ("GPT-3的参数量是多少？" * 2000)[:20000]
-    result = run(seed_qa, "ask", "--json", question)  # ask = search + answer: one (slow) long query
+    result = run(tiny_qa, "ask", "--json", question)  # ask = search + answer: one (slow) long query
     assert_clean(result)
     (line,) = json_lines(result)
     assert "warning" in line, "the question is truncated with a warning"
     assert line["hits"]
     for hit in line["hits"]:
-        check_hit(hit, seed_qa)
+        check_hit(hit, tiny_qa)
     assert isinstance(line["answer"], str) and isinstance(line["abstained"], bool)
 
 
-def test_search_without_question_is_a_usage_error(seed_qa):
-    result = run(seed_qa, "search")
+def test_search_without_question_is_a_usage_error(tiny_qa):
+    result = run(tiny_qa, "search")
     assert result.exit_code != 0
     assert "Usage" in result.output
     assert "Traceback" not in result.output
 
 
-def test_missing_index_folder(seed_qa, tmp_path):
+def test_missing_index_folder(tiny_qa, tmp_path):
     for args in (["search", "GPT-3"], ["ask", "--json", "GPT-3"], ["cite", "004_e0d667138c034a95.txt:L1-L5"]):
-        result = run(seed_qa, *args, index=tmp_path / "no-index-here")
+        result = run(tiny_qa, *args, index=tmp_path / "no-index-here")
         assert_clean(result, code=1)
         assert "rag index" in result.stderr
 
 
-def test_unknown_mode_is_rejected(seed_qa):
-    result = run(seed_qa, "search", "--mode", "semantic", "GPT-3")
+def test_unknown_mode_is_rejected(tiny_qa):
+    result = run(tiny_qa, "search", "--mode", "semantic", "GPT-3")
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
-def test_index_up_to_date(seed_qa):
-    result = run(seed_qa, "index")
+def test_index_up_to_date(tiny_qa):
+    result = run(tiny_qa, "index")
     assert_clean(result)
     assert "up to date" in result.stdout

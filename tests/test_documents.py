@@ -91,14 +91,14 @@ def test_text_file_has_no_pages():
     assert document.line_of(0) >= 1
 
 
-def test_pdf_hit_reports_its_page(two_page_pdf, tmp_path):
+def test_pdf_hit_reports_its_page(two_page_pdf, tmp_path, tiny_model):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     two_page_pdf.rename(corpus / two_page_pdf.name)
-    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index")
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index", model=tiny_model)
     report = qa.build()
     assert report.documents == 1 and report.failures == []
-    pages = {chunk.page for chunk in qa.index.chunks}
+    pages = {chunk.page for source in qa.store.documents for chunk in qa.store.chunks_of(source)}
     assert pages == {1, 2}, "the PDF is cut into passages on both pages"
 
     result = qa.search("天枢大模型的训练使用了多少张加速卡", top_k=3)
@@ -181,12 +181,12 @@ def test_load_corpus_keeps_good_reports_and_lists_failures(tmp_path):
         assert failure.source in failure.reason
 
 
-def test_build_skips_bad_files_and_indexes_the_good_one(tmp_path):
+def test_build_skips_bad_files_and_indexes_the_good_one(tmp_path, tiny_model):
     corpus = tmp_path / "corpus"
     files = _write_bad_files(corpus)
     good = SEED_FILES[4]
     (corpus / good).write_bytes((CORPUS / good).read_bytes())
-    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index")
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index", model=tiny_model)
     report = qa.build()
     assert report.documents == 1
     assert sorted(f.source for f in report.failures) == sorted(p.name for p in files.values())

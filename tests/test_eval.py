@@ -113,10 +113,10 @@ def test_load_questions_rejects_a_bad_file(tmp_path):
         load_questions(bad)
 
 
-def test_rag_eval_runs_end_to_end_on_a_subset(seed_qa, tmp_path):
+def test_rag_eval_runs_end_to_end_on_a_subset(tiny_qa, tmp_path):
     out = tmp_path / "results"
     result = CliRunner().invoke(main, [
-        "--corpus", str(seed_qa.corpus_dir), "--index", str(seed_qa.index_dir),
+        "--corpus", str(tiny_qa.corpus_dir), "--index", str(tiny_qa.index_dir), "--model", tiny_qa.model,
         "eval", "--split", "dev", "--limit", "12", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     numbers = json.loads(result.stdout[result.stdout.index("{"):])
@@ -146,7 +146,7 @@ def test_rag_eval_runs_a_users_file_without_splits_whole(seed_qa, tmp_path):
     ]) + "\n", encoding="utf-8")
     out = tmp_path / "results"
     result = CliRunner().invoke(main, [
-        "--corpus", str(seed_qa.corpus_dir), "--index", str(seed_qa.index_dir),
+        "--corpus", str(seed_qa.corpus_dir), "--index", str(seed_qa.index_dir), "--model", seed_qa.model,
         "eval", "--questions", str(questions), "--configs", "default", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = next(Path(out).glob("*-all.md")).read_text(encoding="utf-8")

@@ -14,6 +14,10 @@ from rag.dedup import PASSAGE_THRESHOLD, containment, grams, passage_key
 from rag.errors import RagError
 from rag.textnorm import fold, squeeze
 
+
+def all_chunks(qa):
+    return [qa.store.chunk(i) for i in range(len(qa.store))]
+
 MODES = ["hybrid", "dense", "bm25"]
 DUP_A, DUP_B = "000_d576216d646d2508.txt", "001_79922efeaeca942f.txt"
 
@@ -82,19 +86,19 @@ def test_citation_round_trip(seed_qa, question):
         assert view.text == hit.chunk.text
         assert view.document.source == hit.chunk.source
         assert (view.line_start, view.line_end) == (hit.chunk.line_start, hit.chunk.line_end)
-        document = seed_qa.index.documents[hit.chunk.source]
+        document = seed_qa.store.documents[hit.chunk.source]
         assert document.text[hit.chunk.start:hit.chunk.end] == hit.chunk.text
 
 
 def test_every_indexed_citation_resolves_to_its_text(seed_qa):
-    index = seed_qa.index
-    assert len(index.by_citation) == len(index.chunks), "citation IDs are unique"
-    for chunk in index.chunks:
+    chunks = all_chunks(seed_qa)
+    assert len({c.citation for c in chunks}) == len(chunks), "citation IDs are unique"
+    for chunk in chunks:
         assert seed_qa.cite(chunk.citation).text == chunk.text
 
 
 def test_citation_lines_match_the_original_file(seed_qa):
-    for chunk in seed_qa.index.chunks[::7]:
+    for chunk in all_chunks(seed_qa)[::7]:
         raw_lines = (seed_qa.corpus_dir / chunk.source).read_text(encoding="utf-8").split("\n")
         quoted = squeeze(fold("".join(raw_lines[chunk.line_start - 1:chunk.line_end])))
         first_line = squeeze(fold(chunk.text.split("\n")[0]))
@@ -114,7 +118,7 @@ def test_cli_cite_prints_the_passage(seed_qa):
 
 
 def test_hand_widened_line_range_resolves(seed_qa):
-    chunks = [c for c in seed_qa.index.chunks if c.source == "004_e0d667138c034a95.txt"]
+    chunks = seed_qa.store.chunks_of("004_e0d667138c034a95.txt")
     first, second = chunks[3], chunks[4]
     view = seed_qa.cite(f"{first.source}:L{first.line_start}-L{second.line_end}")
     assert first.text in view.text or squeeze(first.text)[-20:] in squeeze(view.text)
@@ -196,7 +200,7 @@ def test_answer_quotes_the_sentence_that_says_it_in_other_words(seed_qa):
 def test_sentence_similarities_agree_with_the_sentence_index(seed_qa):
     question = "魔搭社区首批上架了多少个模型"
     hit = seed_qa.search(question).hits[0]
-    cosines = seed_qa.retriever.sentence_similarities(question, hit.chunk)
+    cosines = hit.sentence_similarities  # they arrive with the hit, for the answer
     assert cosines and all(key == squeeze(key) for key in cosines)
     assert any("首批上架超300个模型" in key for key in cosines)
     assert max(cosines.values()) == pytest.approx(hit.sentence_score, abs=1e-5)
@@ -238,12 +242,12 @@ def test_ask_empty_question(seed_qa):
 # -- near-duplicate reports -----------------------------------------------------------------------
 
 def test_index_records_the_duplicate_pair(seed_qa):
-    documents = seed_qa.index.documents
+    documents = seed_qa.store.documents
     assert documents[DUP_A].duplicates == [DUP_B]
     assert documents[DUP_B].duplicates == [DUP_A]
     for other in ("002_f3649e5dfb89d976.txt", "003_f39dbdfe66606f1e.txt", "004_e0d667138c034a95.txt"):
         assert documents[other].duplicates == []
-    assert seed_qa.index.manifest["duplicates"] == {DUP_A: [DUP_B], DUP_B: [DUP_A]}
+    assert seed_qa.store.manifest["duplicates"] == {DUP_A: [DUP_B], DUP_B: [DUP_A]}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -271,14 +275,13 @@ def test_duplicate_report_does_not_repeat_a_passage(seed_qa, question, mode):
 def test_every_table_row_unit_carries_its_header(seed_qa):
     # A row of the first part of a table quotes the header only once, at the top of the passage;
     # the row's own embedding input must still name the columns.
-    from rag.index import sentence_units
+    from rag.records import sentence_units
 
-    index = seed_qa.index
-    tables = [c for c in index.chunks if c.kind == "table"]
+    tables = [c for c in all_chunks(seed_qa) if c.kind == "table"]
     assert tables
     for chunk in tables:
         header_row = chunk.table_header.split("\n")[-1]
-        units = sentence_units(chunk, index.documents[chunk.source].info)
+        units = sentence_units(chunk, seed_qa.store.documents[chunk.source].info)
         assert units and all(header_row in unit for unit in units), chunk.citation
 
 
@@ -296,10 +299,12 @@ def test_answer_quotes_each_sentence_once(seed_qa, question):
     # must be quoted once. The bar is lifted so the answer is composed whatever abstention decides.
     from dataclasses import replace
 
-    from rag.answer import AbstentionSettings, compose_answer
+    from rag.answer import compose_answer
 
-    settings = AbstentionSettings(model=replace(seed_qa.settings.abstention.model, threshold=2.0))
-    hits = seed_qa.search(question, top_k=5).hits
-    answer = compose_answer(question, hits, seed_qa.retriever.idf, settings)
+    abstention = seed_qa.settings.answer.abstention
+    settings = replace(seed_qa.settings.answer,
+                       abstention=replace(abstention, model=replace(abstention.model, threshold=2.0)))
+    found = seed_qa.search(question, top_k=5)
+    answer = compose_answer(found.analysed, found.hits, settings)
     quoted = [squeeze(part) for part in re.split(r"\[\d+\]", answer.text) if part.strip()]
     assert quoted and len(quoted) == len(set(quoted))

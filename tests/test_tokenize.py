@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rag.tokenize import tokens
+from rag.tokenize import Tokenizer, tokenizer_for
+
+tokens = tokenizer_for().tokens
 
 
 @pytest.mark.parametrize(("text", "joined"), [
@@ -29,3 +31,11 @@ def test_a_number_after_punctuation_or_a_stopword_is_not_joined(text):
 @pytest.mark.parametrize("word", ["参数量", "大模型", "英伟达", "智算中心"])
 def test_domain_words_are_kept_whole(word):
     assert word in tokens(f"报告中的{word}很重要")
+
+
+def test_each_index_dictionary_is_its_own():
+    """A corpus term taught to one index's tokenizer does not change how another index cuts text."""
+    taught, plain = Tokenizer(["智算星河"]), tokenizer_for()
+    assert "智算星河" in taught.tokens("智算星河平台")
+    assert "智算星河" not in plain.tokens("智算星河平台")
+    assert plain.tokens("智算星河平台") == Tokenizer().tokens("智算星河平台")

@@ -1,13 +1,13 @@
 """The Gradio app over loopback, called the way a script would: through ``gradio_client``.
 
-One app serves the shared seed index (read-only: questions and citation lookups); a second app
-serves a small ReportQA over copies of two seed reports in a temporary folder, for uploads.
+One app serves the seed reports indexed with the tiny model (read-only wiring: endpoints, filters,
+lookups); one serves the real-model seed index, for what depends on the answer itself; a third
+serves a small writable ReportQA over copies of two seed reports, for uploads.
 """
 
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,7 @@ import pytest
 from conftest import SEED_FILES, copy_corpus
 from gradio_client import Client, handle_file
 
-from rag import webui
+from rag import present, webui
 from rag.api import MAX_UPLOAD_BYTES, ReportQA, safe_file_name
 
 M6_REPORT = "004_e0d667138c034a95.txt"
@@ -42,8 +42,8 @@ def _served(qa: ReportQA):
 
 
 @pytest.fixture(scope="module")
-def seed_app(seed_qa):
-    yield from _served(seed_qa)
+def seed_app(tiny_qa):
+    yield from _served(tiny_qa)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,17 @@ def seed_client(seed_app) -> Client:
 
 
 @pytest.fixture(scope="module")
-def upload_qa(tmp_path_factory) -> ReportQA:
+def real_client(seed_qa):
+    for url in _served(seed_qa):
+        yield Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def upload_qa(tmp_path_factory, tiny_model) -> ReportQA:
     """A separate, writable ReportQA over copies of two seed reports."""
     base = tmp_path_factory.mktemp("ui-upload")
-    qa = ReportQA(corpus_dir=copy_corpus(base / "corpus", SEED_FILES[3:5]), index_dir=base / "index")
+    qa = ReportQA(corpus_dir=copy_corpus(base / "corpus", SEED_FILES[3:5]), index_dir=base / "index",
+                  model=tiny_model)
     qa.build()
     return qa
 
@@ -88,8 +95,8 @@ def test_named_endpoints(seed_client):
 
 # --- ask ------------------------------------------------------------------------------------
 
-def test_ask_returns_answer_with_marker(seed_client):
-    result = seed_client.predict("M6-OFA 是什么时候发布的？", 5, None, api_name="/ask")
+def test_ask_returns_answer_with_marker(real_client):
+    result = real_client.predict("M6-OFA 是什么时候发布的？", 5, None, api_name="/ask")
     assert isinstance(result, dict)
     assert not result["abstained"] and "error" not in result
     assert "[1]" in result["answer"]
@@ -107,6 +114,12 @@ def test_ask_report_filter_limits_sources(seed_client):
     assert len(result["hits"]) <= 3
 
 
+def test_ask_takes_the_chat_history(seed_client):
+    result = seed_client.predict("那GPT-4呢？", 5, None, ["GPT-3 的参数量是多少？"], api_name="/ask")
+    assert result["standalone"] == "GPT-4 的参数量是多少？"
+    assert "按上文理解为：GPT-4 的参数量是多少？" in result["text"]
+
+
 def test_ask_empty_question_is_a_message(seed_client):
     result = seed_client.predict("   ", api_name="/ask")
     assert result["abstained"] and "问题为空" in result["error"]
@@ -114,10 +127,10 @@ def test_ask_empty_question_is_a_message(seed_client):
 
 # --- citation lookup --------------------------------------------------------------------------
 
-def test_lookup_citation_from_an_answer(seed_client, seed_qa):
-    answer = seed_client.predict("M6-OFA 是什么时候发布的？", api_name="/ask")
+def test_lookup_citation_from_an_answer(real_client):
+    answer = real_client.predict("M6-OFA 是什么时候发布的？", api_name="/ask")
     citation = answer["sources"][0]["citation"]
-    page = seed_client.predict(citation, api_name="/lookup")
+    page = real_client.predict(citation, api_name="/lookup")
     assert citation in page and "rag-cited" in page
     assert "业界首个通用的统一大模型M6-OFA发布" in page
     assert "中信建投" in page
@@ -137,15 +150,15 @@ def test_lookup_phrase_highlights_matches(seed_client):
 # --- formatting -----------------------------------------------------------------------------
 
 def test_highlight_marks_folded_terms_and_escapes_html():
-    out = webui.highlight("<b>ＧＰＴ－３</b> 的参数\n量为1750亿", ["gpt-3", "参数量"])
+    out = present.highlight("<b>ＧＰＴ－３</b> 的参数\n量为1750亿", ["gpt-3", "参数量"])
     assert out.startswith("&lt;b&gt;<mark>ＧＰＴ－３</mark>&lt;/b&gt;")
     assert "<mark>参数<br>量</mark>" in out
-    assert "<script>" not in webui.highlight("<script>alert(1)</script>", ["alert"])
+    assert "<script>" not in present.highlight("<script>alert(1)</script>", ["alert"])
 
 
 def test_answer_html_has_sources_context_and_marks(seed_qa):
     result = seed_qa.ask("M6-OFA 是什么时候发布的？")
-    page = webui.answer_html(seed_qa, result)
+    page = present.answer_html(seed_qa, result)
     assert '<span class="rag-marker">[1]</span>' in page
     assert "<details" in page and "上下文" in page
     assert "<mark>m6-ofa</mark>" in page.lower()
@@ -157,14 +170,14 @@ def test_caution_note_shows_above_a_cautious_answer(seed_qa):
 
     cautious = seed_qa.ask("英伟达H200单卡售价大概多少美元？")
     assert cautious.caution
-    page = webui.answer_html(seed_qa, cautious)
+    page = present.answer_html(seed_qa, cautious)
     assert page.index(CAUTION) < page.index("rag-answer-text")
-    assert CAUTION not in webui.answer_html(seed_qa, seed_qa.ask("GPT-3的参数量是多少"))
+    assert CAUTION not in present.answer_html(seed_qa, seed_qa.ask("GPT-3的参数量是多少"))
 
 
 def test_refusal_shows_the_closest_passages(seed_qa):
     refused = seed_qa.ask("报告里给金山办公定的目标价是多少？")
-    page = webui.answer_html(seed_qa, refused)
+    page = present.answer_html(seed_qa, refused)
     assert "最接近的段落" in page and 'rag-sources-title">来源<' not in page
     assert all(hit.citation in page for hit in refused.closest)
     assert page.index("在报告中未找到相关内容") < page.index("最接近的段落")
@@ -177,7 +190,7 @@ def test_also_in_is_listed(seed_qa):
                                         "文心一言是哪家公司的？")]
     folded = [r for r in results if any(hit.also_in for hit in r.sources)]
     assert folded, "no cited passage lists its near-copy"
-    page = webui.answer_html(seed_qa, folded[0])
+    page = present.answer_html(seed_qa, folded[0])
     assert "亦见" in page
     assert all(c in page for hit in folded[0].sources for c in hit.also_in)
 
@@ -241,7 +254,6 @@ def test_traversal_name_lands_inside_corpus(upload_client, upload_app, upload_qa
     source.write_bytes(body)
     assert safe_file_name("../../evil.txt") == "evil.txt"
     assert safe_file_name("..\\..\\evil2.txt") == "evil2.txt"
-    time.sleep(1.1)  # rag.index names a version by the second it finishes: avoid colliding with the upload's
     upload_qa.add_report(source, name="../../../evil3.txt")
     assert (corpus / "evil3.txt").is_file()
     assert not any(p.name.startswith("evil") for p in corpus.parent.iterdir() if p.is_file())
@@ -265,8 +277,9 @@ def test_uploaded_report_is_searchable_and_filterable(upload_client, upload_qa, 
 
 # --- no index yet ---------------------------------------------------------------------------
 
-def test_missing_index_is_a_message_not_a_failure(tmp_path):
-    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [M6_REPORT]), index_dir=tmp_path / "index")
+def test_missing_index_is_a_message_not_a_failure(tmp_path, tiny_model):
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [M6_REPORT]), index_dir=tmp_path / "index",
+                  model=tiny_model)
     assert qa.index_status()
     app, url = serve(qa)
     try:

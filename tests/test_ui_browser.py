@@ -134,11 +134,12 @@ def test_filter_change_reanswers_last_question(app_url, page):
     assert EXPECTED_FILE not in page.locator("#rag-chat .rag-answer").last.inner_text()
 
 
-def test_build_button_when_index_is_missing(tmp_path, page):
+def test_build_button_when_index_is_missing(tmp_path, page, tiny_model):
     from rag.api import ReportQA
     from tests.conftest import copy_corpus
 
-    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [EXPECTED_FILE]), index_dir=tmp_path / "index")
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [EXPECTED_FILE]), index_dir=tmp_path / "index",
+                  model=tiny_model)
     app, url = serve(qa)
     try:
         page.goto(url)

@@ -1,0 +1,192 @@
+"""Indexing: documents → chunks → embeddings → a store write, only re-embedding what changed.
+
+Embeddings are cached by content hash outside the index (``rag.embed.EmbeddingCache``), so a
+rebuild only embeds passages whose text changed, and a crash mid-build loses nothing already
+embedded. The store's write session publishes the new version in one step, so the previous index
+stays usable until then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .chunking import CHUNKER_VERSION, Chunk, Chunker, ChunkerSettings
+from .dedup import find_duplicate_documents
+from .documents import Document, LoadFailure, load_corpus
+from .embed import Embedder, EmbeddingCache, embed_with_cache
+from .errors import RagError
+from .metadata import ReportInfo, detect_info, load_metadata, merge_info, metadata_path, save_metadata
+from .records import StoredDocument, embedding_text, sentence_units
+from .store import ReportRecords, store_writer, verify_store
+from .tokenize import TOKENIZER_VERSION, corpus_terms, tokenizer_for
+from .versions import check_target, clean_leftovers, read_manifest, resolve_live, writer_lock
+
+
+@dataclass
+class BuildReport:
+    """What a build did: counts and timings, plus files that could not be read.
+
+    ``embedded`` and ``reused`` count embedded strings (passages and their sentences/table rows):
+    newly computed, and taken from the content-hash cache.
+    """
+
+    index_dir: str
+    documents: int
+    chunks: int
+    embedded: int
+    reused: int
+    seconds: float
+    skipped: bool = False
+    failures: list[LoadFailure] = field(default_factory=list)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _sound(index_dir: Path, log: Callable[[str], None]) -> bool:
+    """True when the live index loads and every file matches its recorded checksum; a damaged index
+    must be rebuilt, not reported up to date."""
+    problems = verify_store(index_dir)
+    for problem in problems:
+        log(f"索引需要重建 / the index will be rebuilt: {problem}")
+    return not problems
+
+
+def _corpus_infos(corpus_dir: Path, documents: list[Document], duplicates: dict[str, list[str]],
+                  write_metadata: bool) -> dict[str, ReportInfo]:
+    """Each report's description: what ``metadata.json`` says, completed from the text."""
+    known = load_metadata(corpus_dir)
+    infos = {d.source: merge_info(known.get(d.source), detect_info(d.text)) for d in documents}
+    for source, others in duplicates.items():
+        if source not in known:
+            # A copy without a readable header takes the description of its better-described twin.
+            best = max(others, key=lambda other: infos[other].completeness())
+            if infos[best].completeness() > infos[source].completeness():
+                infos[source] = merge_info(ReportInfo(), infos[best])
+    if write_metadata and any(known.get(s) != infos[s] for s in infos):
+        try:
+            save_metadata(corpus_dir, {**known, **infos})
+        except OSError:
+            pass  # a read-only corpus still indexes; metadata is then only in the index
+    return infos
+
+
+def _located(document: Document, chunks: list[Chunk]) -> list[tuple[str, Chunk, int, int, int | None]]:
+    """Each chunk with its citation ID, original line range and PDF page."""
+    located = []
+    seen: dict[str, int] = {}
+    for chunk in chunks:
+        line_start = document.line_of(chunk.start)
+        line_end = document.line_of(max(chunk.start, chunk.end - 1))
+        citation = f"{chunk.source}:L{line_start}-L{line_end}"
+        seen[citation] = seen.get(citation, 0) + 1
+        if seen[citation] > 1:
+            citation = f"{citation}.{seen[citation]}"
+        located.append((citation, chunk, line_start, line_end, document.page_of(chunk.start)))
+    return located
+
+
+def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
+                settings: ChunkerSettings | None = None, cache: EmbeddingCache | None = None,
+                force: bool = False, progress: Callable[[int, int], None] | None = None,
+                log: Callable[[str], None] = lambda message: None, write_metadata: bool = False) -> BuildReport:
+    """Build (or bring up to date) the index of ``corpus_dir`` in ``index_dir``.
+
+    ``corpus/`` is only read, unless ``write_metadata`` asks to save the detected report descriptions
+    into its ``metadata.json``. One build of an index runs at a time, across processes: a second one
+    waits for the first (and then usually finds the index up to date).
+    """
+    began = time.perf_counter()
+    check_target(index_dir)
+    documents, failures = load_corpus(corpus_dir)
+    for failure in failures:
+        log(f"跳过 / skipped: {failure.reason}")
+    if not documents:
+        raise RagError(f"语料目录中没有可用的报告 / no usable report in {corpus_dir}")
+    with writer_lock(index_dir, log):
+        live = resolve_live(index_dir)
+        removed = clean_leftovers(index_dir, keep={live.name} if live else set())
+        if removed:
+            log(f"清理了中断的建索引留下的文件夹 / removed leftovers of interrupted builds: {', '.join(removed)}")
+        return _build_locked(corpus_dir, index_dir, embedder, settings or ChunkerSettings(), documents, failures,
+                             cache, force, progress, log, write_metadata, began)
+
+
+def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings: ChunkerSettings,
+                  documents: list[Document], failures: list[LoadFailure], cache: EmbeddingCache | None, force: bool,
+                  progress: Callable[[int, int], None] | None, log: Callable[[str], None], write_metadata: bool,
+                  began: float) -> BuildReport:
+    manifest = read_manifest(index_dir)
+    wanted = {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
+              "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION,
+              "corpus": {d.source: d.sha256 for d in documents}}
+    if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
+        metadata_file = metadata_path(corpus_dir)
+        metadata_unchanged = not metadata_file.exists() or metadata_file.stat().st_mtime <= manifest.get("built_at", 0)
+        if metadata_unchanged and _sound(index_dir, log):
+            return BuildReport(str(index_dir), len(documents), manifest.get("chunks", 0), 0,
+                               manifest.get("chunks", 0), time.perf_counter() - began, skipped=True,
+                               failures=failures)
+
+    user_words = sorted(corpus_terms(d.text for d in documents))
+    tokenizer = tokenizer_for(user_words)
+    duplicates = find_duplicate_documents({d.source: d.text for d in documents}, tokenizer)
+    infos = _corpus_infos(corpus_dir, documents, duplicates, write_metadata)
+    chunker = Chunker(settings, tokenizer)
+    located = {d.source: _located(d, chunker.chunk(d.source, d.text)) for d in documents}
+    log(f"{len(documents)} reports, {sum(len(v) for v in located.values())} passages")
+
+    cache = cache or EmbeddingCache()
+    records = _embed(documents, located, infos, duplicates, settings, embedder, cache, progress)
+    writer = store_writer(index_dir, embedder.dimension, tokenizer)
+    for report in records.reports:
+        writer.add_report(report)
+    writer.commit({**wanted, "built_at": time.time(), "user_words": user_words, "duplicates": duplicates,
+                   "failures": [{"source": f.source, "reason": f.reason} for f in failures]})
+    chunk_count = sum(len(v) for v in located.values())
+    return BuildReport(str(index_dir), len(documents), chunk_count, records.embedded,
+                       records.texts - records.embedded, time.perf_counter() - began, failures=failures,
+                       duplicates=duplicates)
+
+
+@dataclass
+class _Embedded:
+    reports: list[ReportRecords]
+    embedded: int
+    texts: int
+
+
+def _embed(documents: list[Document], located: dict[str, list], infos: dict[str, ReportInfo],
+           duplicates: dict[str, list[str]], settings: ChunkerSettings, embedder: Embedder,
+           cache: EmbeddingCache, progress: Callable[[int, int], None] | None) -> _Embedded:
+    """Vectors for every passage, then for every sentence unit, across the corpus in one pass each
+    (one progress bar per kind), split back into per-report records."""
+    passages = [embedding_text(chunk, infos[d.source], settings.embed_context)
+                for d in documents for _, chunk, *_ in located[d.source]]
+    vectors, embedded = embed_with_cache(embedder, cache, passages, progress=progress)
+    unit_texts: list[str] = []
+    owners: dict[str, list[int]] = {d.source: [] for d in documents}
+    if settings.sentence_vectors:
+        for d in documents:
+            for position, (_, chunk, *_) in enumerate(located[d.source]):
+                for unit in sentence_units(chunk, infos[d.source]):
+                    unit_texts.append(unit)
+                    owners[d.source].append(position)
+        unit_vectors, unit_embedded = embed_with_cache(embedder, cache, unit_texts, progress=progress)
+        embedded += unit_embedded
+    reports = []
+    offset = unit_offset = 0
+    for d in documents:
+        count, unit_count = len(located[d.source]), len(owners[d.source])
+        units = unit_vectors[unit_offset:unit_offset + unit_count] if settings.sentence_vectors else None
+        unit_offset += unit_count
+        document = StoredDocument(d.source, d.sha256, d.text, infos[d.source], duplicates.get(d.source, []),
+                                  d.raw_line_starts)
+        reports.append(ReportRecords(document, located[d.source], np.asarray(vectors[offset:offset + count]),
+                                     units, owners[d.source]))
+        offset += count
+    return _Embedded(reports, embedded, len(passages) + len(unit_texts))
+

@@ -1,0 +1,118 @@
+"""What the API returns: hits, search results, answers. Plain dataclasses with their JSON contract.
+
+The JSON forms are what ``rag search --json`` / ``rag ask --json`` print, one object per question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .query import Query
+from .records import StoredChunk, StoredDocument
+
+CLOSEST_AFTER_REFUSAL = 3
+
+
+@dataclass
+class Hit:
+    """One retrieved passage with its citation and scores.
+
+    ``sentence_similarities`` maps each of the passage's sentences that has a vector (whitespace
+    removed) to its cosine with the question; empty when the search did not embed the question.
+    """
+
+    rank: int
+    chunk: StoredChunk
+    document: StoredDocument
+    score: float
+    dense_score: float | None = None
+    bm25_score: float | None = None
+    sentence_score: float | None = None
+    coverage: float = 0.0
+    also_in: list[str] = field(default_factory=list)
+    sentence_similarities: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def citation(self) -> str:
+        """Citation ID of the passage."""
+        return self.chunk.citation
+
+    def to_json(self) -> dict:
+        """The hit as in the JSON contract (plus a few optional extras)."""
+        return {
+            "rank": self.rank, "citation": self.chunk.citation, "source": self.chunk.source,
+            "title": self.document.info.title or self.chunk.source, "start": self.chunk.start,
+            "end": self.chunk.end, "text": self.chunk.text, "score": round(float(self.score), 6),
+            "label": self.document.label, "heading": self.chunk.heading,
+            "table_header": self.chunk.table_header, "lines": [self.chunk.line_start, self.chunk.line_end],
+            "page": self.chunk.page, "also_in": self.also_in,
+        }
+
+
+def has_dense_scores(hits: list[Hit]) -> bool:
+    """True when the hits come from a search that embedded the question (hybrid or dense, not bm25)."""
+    return any(h.dense_score is not None for h in hits)
+
+
+@dataclass
+class Answer:
+    """An extractive answer and the hits it cites (marker n refers to ``sources[n-1]``)."""
+
+    text: str
+    abstained: bool
+    sources: list[Hit]
+    unanswerable_probability: float | None = None
+    caution: bool = False
+
+
+@dataclass
+class SearchResult:
+    """Hits for one question (``error`` is set instead when the question was unusable).
+
+    ``query`` is the question as asked; ``analysed`` the ``Query`` every stage used (None on error);
+    ``standalone`` the question actually searched when a follow-up was rewritten from the chat history.
+    """
+
+    query: str
+    hits: list[Hit] = field(default_factory=list)
+    error: str | None = None
+    warning: str | None = None
+    analysed: Query | None = field(default=None, repr=False)
+    standalone: str | None = None
+
+    def to_json(self) -> dict:
+        """The JSON contract: ``{"query", "hits": [...]}`` plus ``error``/``warning``/``standalone`` when set."""
+        payload: dict = {"query": self.query, "hits": [h.to_json() for h in self.hits]}
+        if self.error:
+            payload["error"] = self.error
+        if self.warning:
+            payload["warning"] = self.warning
+        if self.standalone:
+            payload["standalone"] = self.standalone
+        return payload
+
+
+@dataclass
+class AskResult(SearchResult):
+    """A search plus the extractive answer built from it."""
+
+    answer: str = ""
+    abstained: bool = False
+    sources: list[Hit] = field(default_factory=list)
+    caution: bool = False
+    unanswerable_probability: float | None = None
+
+    def to_json(self) -> dict:
+        """Search JSON plus ``answer``, ``abstained``, ``caution``, ``unanswerable_probability`` and the
+        cited ``sources``."""
+        payload = super().to_json()
+        payload.update({"answer": self.answer, "abstained": self.abstained, "caution": self.caution,
+                        "unanswerable_probability": self.unanswerable_probability,
+                        "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
+                                    for n, h in enumerate(self.sources, start=1)]})
+        return payload
+
+    @property
+    def closest(self) -> list[Hit]:
+        """After a refusal, the best passages found anyway, so a reader can check the refusal."""
+        return self.hits[:CLOSEST_AFTER_REFUSAL] if self.abstained and not self.error else []

@@ -267,7 +267,7 @@ SECRET = "root:x:0:0:root:/root:/bin/bash 这是语料目录之外的机密文�
 
 
 @pytest.fixture(scope="module")
-def tiny_qa(tmp_path_factory):
+def linked_qa(tmp_path_factory, tiny_model):
     from rag.api import ReportQA
 
     base = tmp_path_factory.mktemp("tiny")
@@ -275,7 +275,7 @@ def tiny_qa(tmp_path_factory):
     (base / "secret.txt").write_text(SECRET, encoding="utf-8")
     (corpus / "passwd_link.txt").symlink_to(base / "secret.txt")
     os.mkfifo(corpus / "pipe.txt")
-    qa = ReportQA(corpus_dir=corpus, index_dir=base / "index")
+    qa = ReportQA(corpus_dir=corpus, index_dir=base / "index", model=tiny_model)
     report = qa.build()
     assert report.documents == 2
     assert sorted(f.source for f in report.failures) == ["passwd_link.txt", "pipe.txt"]
@@ -287,18 +287,19 @@ def cli(qa, *args: str):
 
     from rag.cli import main
 
-    return CliRunner().invoke(main, ["--corpus", str(qa.corpus_dir), "--index", str(qa.index_dir), *args])
+    return CliRunner().invoke(main, ["--corpus", str(qa.corpus_dir), "--index", str(qa.index_dir),
+                                     "--model", qa.model, *args])
 
 
-def test_linked_secret_is_not_searchable(tiny_qa):
-    assert set(tiny_qa.reports()) == {"star.txt", "wenxin.txt"}
+def test_linked_secret_is_not_searchable(linked_qa):
+    assert set(linked_qa.reports()) == {"star.txt", "wenxin.txt"}
     for mode in ("bm25", "hybrid"):
-        for hit in tiny_qa.search("root:x:0:0", mode=mode).hits:
+        for hit in linked_qa.search("root:x:0:0", mode=mode).hits:
             assert "root:x" not in hit.chunk.text and "机密" not in hit.chunk.text
 
 
-def test_rag_index_prints_each_skip_line_once(tiny_qa):
-    result = cli(tiny_qa, "index")
+def test_rag_index_prints_each_skip_line_once(linked_qa):
+    result = cli(linked_qa, "index")
     assert result.exit_code == 0, result.output
     assert "up to date" in result.stdout
     lines = result.stderr.splitlines()
@@ -308,22 +309,22 @@ def test_rag_index_prints_each_skip_line_once(tiny_qa):
     assert "语料 / corpus: 2 个文件 / files" in result.stderr
 
 
-def test_unknown_report_in_the_filter_is_an_error(tiny_qa):
-    for call in (tiny_qa.search, tiny_qa.ask):
+def test_unknown_report_in_the_filter_is_an_error(linked_qa):
+    for call in (linked_qa.search, linked_qa.ask):
         with pytest.raises(RagError) as caught:
             call("天枢大模型用了多少张加速卡", sources=["star.txt", "nope.txt"])
         message = str(caught.value)
         assert "nope.txt" in message and "不存在" in message and "unknown report" in message
         assert "star.txt" not in message
     with pytest.raises(RagError, match="nope.txt"):
-        tiny_qa.find("天枢", sources=["nope.txt"])
-    hits = tiny_qa.search("天枢大模型用了多少张加速卡", sources=["star.txt"]).hits
+        linked_qa.find("天枢", sources=["nope.txt"])
+    hits = linked_qa.search("天枢大模型用了多少张加速卡", sources=["star.txt"]).hits
     assert hits and {h.chunk.source for h in hits} == {"star.txt"}
 
 
 @pytest.mark.parametrize("command", ["search", "ask"])
-def test_cli_unknown_source_is_one_line_and_exit_1(tiny_qa, command):
-    result = cli(tiny_qa, command, "--source", "nope.txt", "天枢大模型用了多少张加速卡")
+def test_cli_unknown_source_is_one_line_and_exit_1(linked_qa, command):
+    result = cli(linked_qa, command, "--source", "nope.txt", "天枢大模型用了多少张加速卡")
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
@@ -338,8 +339,8 @@ def _ask_endpoint(qa):
     return function
 
 
-def test_ask_endpoint_takes_a_number_or_says_what_is_wrong(tiny_qa):
-    ask = _ask_endpoint(tiny_qa)
+def test_ask_endpoint_takes_a_number_or_says_what_is_wrong(linked_qa):
+    ask = _ask_endpoint(linked_qa)
     numeric = ask(2024)
     assert numeric["query"] == "2024" and isinstance(numeric["answer"], str) and "error" not in numeric
     for bad in ([1, 2], {"q": 1}):
@@ -352,43 +353,43 @@ def test_ask_endpoint_takes_a_number_or_says_what_is_wrong(tiny_qa):
 
 # --- citations of a line range -----------------------------------------------------------------
 
-def test_cite_a_sub_range_shows_exactly_those_lines(tiny_qa):
-    chunk = next(c for c in tiny_qa.index.chunks if c.source == "star.txt" and c.line_start <= 8 <= c.line_end)
+def test_cite_a_sub_range_shows_exactly_those_lines(linked_qa):
+    chunk = next(c for c in linked_qa.store.chunks_of("star.txt") if c.line_start <= 8 <= c.line_end)
     assert (chunk.line_start, chunk.line_end) != (8, 9), "the range must not be a passage of its own"
-    view = tiny_qa.cite("star.txt:L8-L9")
+    view = linked_qa.cite("star.txt:L8-L9")
     assert view.text == f"{LINES[7]}\n{LINES[8]}"
     assert (view.line_start, view.line_end) == (8, 9)
     assert view.document.text[view.start:view.end] == view.text
     assert view.before().endswith(LINES[6] + "\n") and view.after().startswith("\n" + LINES[9])
     # line 4 was joined to line 3 in the canonical text: still exactly line 4
-    assert tiny_qa.cite("star.txt:L4-L4").text == LINES[3]
-    assert tiny_qa.cite("star.txt:L12-L40").text == LINES[11], "a range past the end stops at the last line"
+    assert linked_qa.cite("star.txt:L4-L4").text == LINES[3]
+    assert linked_qa.cite("star.txt:L12-L40").text == LINES[11], "a range past the end stops at the last line"
     with pytest.raises(RagError, match="blank"):
-        tiny_qa.cite("star.txt:L2-L2")
+        linked_qa.cite("star.txt:L2-L2")
     with pytest.raises(RagError, match="outside"):
-        tiny_qa.cite("star.txt:L30-L40")
-    whole = tiny_qa.cite(chunk.citation)  # a passage's own ID is unchanged
+        linked_qa.cite("star.txt:L30-L40")
+    whole = linked_qa.cite(chunk.citation)  # a passage's own ID is unchanged
     assert whole.text == chunk.text
 
 
-def test_cli_cite_sub_range(tiny_qa):
-    result = cli(tiny_qa, "cite", "star.txt:L8-L9", "--context", "30")
+def test_cli_cite_sub_range(linked_qa):
+    result = cli(linked_qa, "cite", "star.txt:L8-L9", "--context", "30")
     assert result.exit_code == 0, result.output
     passage = result.stdout.split("—— 引文 / passage ——\n")[1].split("\n—— 下文 / after ——")[0]
     assert passage == f"{LINES[7]}\n{LINES[8]}"
     assert "行 L8-L9" in result.stdout
 
 
-def test_cite_after_the_file_changed_shows_the_passages_with_their_real_lines(tiny_qa):
-    path = tiny_qa.corpus_dir / "star.txt"
+def test_cite_after_the_file_changed_shows_the_passages_with_their_real_lines(linked_qa):
+    path = linked_qa.corpus_dir / "star.txt"
     try:
         path.write_text(STAR + "新增的一行。\n", encoding="utf-8")
-        view = tiny_qa.cite("star.txt:L8-L9")
+        view = linked_qa.cite("star.txt:L8-L9")
     finally:
         path.write_text(STAR, encoding="utf-8")
     assert LINES[7] in view.text and LINES[8] in view.text
     assert view.line_start < 8 or view.line_end > 9, "labelled with the lines actually shown"
-    assert tiny_qa.cite("star.txt:L8-L9").text == f"{LINES[7]}\n{LINES[8]}"
+    assert linked_qa.cite("star.txt:L8-L9").text == f"{LINES[7]}\n{LINES[8]}"
 
 
 # --- uploads never overwrite silently ----------------------------------------------------------
@@ -397,7 +398,7 @@ JUNK = "这是一份误传的草稿，只有一句话。\n"
 
 
 @pytest.fixture
-def upload_qa(tmp_path):
+def upload_qa(tmp_path, tiny_model):
     import json
 
     from rag.api import ReportQA
@@ -406,9 +407,9 @@ def upload_qa(tmp_path):
     (corpus / "metadata.json").write_text(json.dumps(
         {"star.txt": {"title": "星河科技大模型专题报告", "institution": "示例证券", "date": "2024-05-01",
                       "analysts": []}}, ensure_ascii=False), encoding="utf-8")
-    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index")
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index", model=tiny_model)
     qa.build()
-    assert qa.index.documents["star.txt"].info.institution == "示例证券"
+    assert qa.store.documents["star.txt"].info.institution == "示例证券"
     return qa
 
 
@@ -417,13 +418,13 @@ def test_upload_of_an_existing_name_is_refused(upload_qa, tmp_path):
 
     upload = tmp_path / "star.txt"
     upload.write_text(JUNK, encoding="utf-8")
-    built_at = upload_qa.index.manifest["built_at"]
+    built_at = upload_qa.store.manifest["built_at"]
     with pytest.raises(ReportExists) as caught:
         upload_qa.add_report(upload)
     assert not caught.value.identical
     assert "已有同名报告" in str(caught.value) and "not overwritten" in str(caught.value)
     assert (upload_qa.corpus_dir / "star.txt").read_text(encoding="utf-8") == STAR
-    assert upload_qa.index.manifest["built_at"] == built_at, "nothing was rebuilt"
+    assert upload_qa.store.manifest["built_at"] == built_at, "nothing was rebuilt"
     assert not (upload_qa.corpus_dir / ".replaced").exists()
 
 
@@ -463,9 +464,9 @@ def test_replace_resets_metadata_and_keeps_a_backup_until_the_build_completes(up
     assert report.documents == 2
     assert (upload_qa.corpus_dir / "star.txt").read_text(encoding="utf-8") == upload.read_text(encoding="utf-8")
     assert not (upload_qa.corpus_dir / ".replaced").exists(), "deleted after the build completed"
-    info = upload_qa.index.documents["star.txt"].info
+    info = upload_qa.store.documents["star.txt"].info
     assert info.institution != "示例证券" and info.title != "星河科技大模型专题报告"
-    assert "示例证券" not in upload_qa.index.documents["star.txt"].label
+    assert "示例证券" not in upload_qa.store.documents["star.txt"].label
 
 
 def test_backup_survives_a_failed_build(upload_qa, tmp_path):
@@ -530,7 +531,7 @@ def test_ui_upload_refuses_then_replaces_when_ticked(upload_qa, tmp_path):
 
 # --- rag index: per-file limit, size and time estimate -----------------------------------------
 
-def test_rag_index_skips_oversize_files_and_says_what_it_embeds(tmp_path, monkeypatch):
+def test_rag_index_skips_oversize_files_and_says_what_it_embeds(tmp_path, monkeypatch, tiny_model):
     import uuid
 
     from rag.api import ReportQA
@@ -541,7 +542,7 @@ def test_rag_index_skips_oversize_files_and_says_what_it_embeds(tmp_path, monkey
     big = (corpus / "big.txt").stat().st_size
     assert len(text.encode()) < 4096 < big
     monkeypatch.delenv("RAG_MAX_FILE_MB", raising=False)
-    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index")
+    qa = ReportQA(corpus_dir=corpus, index_dir=tmp_path / "index", model=tiny_model)
     result = cli(qa, "index", "--max-file-mb", str(4096 / (1024 * 1024)))
     assert result.exit_code == 0, result.output
     assert "indexed 1 reports" in result.stdout

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from . import fitted
 from .api import ReportQA, Settings
@@ -37,6 +38,7 @@ MAIN_METRICS = ["hit@1", "hit@5", "mrr@10", "ndcg@10", "abstain", "false_abstain
 RECIPE_CHUNKER = ChunkerSettings(strategy="fixed", embed_context=False, sentence_vectors=False,
                                  target_chars=500, overlap_chars=50)
 MISSING = "__no_relevant_passage_retrieved__"
+T = TypeVar("T")
 
 
 @dataclass
@@ -82,26 +84,32 @@ class ConfigResult:
     per_question: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def load_questions(path: Path, split: str | None = None) -> list[Question]:
-    """Read a question file (JSON lines); ``split`` keeps one split (``select_split``)."""
-    questions = []
+def _parsed_lines(path: Path, kind: str, parse: Callable[[dict], T]) -> list[T]:
+    """Every non-empty JSON line of ``path`` through ``parse``; ``kind`` names the file in errors (问题集, 对话集)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise RagError(f"无法读取问题集 / cannot read question file {path}: {exc.strerror}") from exc
+        raise RagError(f"无法读取{kind} / cannot read {path}: {exc.strerror}") from exc
+    items = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
-            item = Question(id=str(raw["id"]), question=raw["question"], evidence=list(raw.get("evidence", [])),
-                            docs=list(raw.get("docs", [])), type=raw.get("type", "fact"),
-                            split=raw.get("split", ""), answer=raw.get("answer", ""),
-                            difficulty=raw.get("difficulty", ""))
+            items.append(parse(json.loads(line)))
         except (ValueError, KeyError, TypeError) as exc:
-            raise RagError(f"问题集第 {number} 行格式错误 / bad line {number} in {path}: {exc}") from exc
-        questions.append(item)
-    return select_split(questions, split, path)
+            raise RagError(f"{kind}第 {number} 行格式错误 / bad line {number} in {path}: {exc}") from exc
+    return items
+
+
+def _question(raw: dict) -> Question:
+    return Question(id=str(raw["id"]), question=raw["question"], evidence=list(raw.get("evidence", [])),
+                    docs=list(raw.get("docs", [])), type=raw.get("type", "fact"), split=raw.get("split", ""),
+                    answer=raw.get("answer", ""), difficulty=raw.get("difficulty", ""))
+
+
+def load_questions(path: Path, split: str | None = None) -> list[Question]:
+    """Read a question file (JSON lines); ``split`` keeps one split (``select_split``)."""
+    return select_split(_parsed_lines(path, "问题集", _question), split, path)
 
 
 def select_split(questions: list[Question], split: str | None, path: Path) -> list[Question]:
@@ -482,27 +490,18 @@ class Conversation:
     standalone: list[str]
 
 
+def _conversation(raw: dict) -> Conversation:
+    turns = [Question(id=f"{raw['id']}-{n}", question=t["question"], evidence=list(t["evidence"]),
+                      docs=list(t.get("docs", [])), type="followup" if n else "fact", split=raw.get("split", ""),
+                      answer=t.get("answer", ""))
+             for n, t in enumerate(raw["turns"])]
+    return Conversation(str(raw["id"]), raw.get("split", ""), turns,
+                        [t.get("standalone") or t["question"] for t in raw["turns"]])
+
+
 def load_conversations(path: Path, split: str | None = None) -> list[Conversation]:
     """Read a conversation file (JSON lines: id, split, turns with question/standalone/evidence/docs/answer)."""
-    conversations = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise RagError(f"无法读取对话集 / cannot read conversation file {path}: {exc.strerror}") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-            turns = [Question(id=f"{raw['id']}-{n}", question=t["question"], evidence=list(t["evidence"]),
-                              docs=list(t.get("docs", [])), type="followup" if n else "fact",
-                              split=raw.get("split", ""), answer=t.get("answer", ""))
-                     for n, t in enumerate(raw["turns"])]
-            standalone = [t.get("standalone") or t["question"] for t in raw["turns"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RagError(f"对话集第 {number} 行格式错误 / bad line {number} in {path}: {exc}") from exc
-        conversations.append(Conversation(str(raw["id"]), raw.get("split", ""), turns, standalone))
-    chosen = [c for c in conversations if split in (None, "all") or c.split == split]
+    chosen = [c for c in _parsed_lines(path, "对话集", _conversation) if split in (None, "all") or c.split == split]
     if not chosen:
         raise RagError(f"对话集中没有对话 / no conversations in {path} for split {split!r}")
     return chosen

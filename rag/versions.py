@@ -18,7 +18,6 @@ just before a swap can still finish loading it. The manifest records every file'
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import RagError
+from .model_fetch import sha256_of
 
 CURRENT = "current"
 MANIFEST = "manifest.json"
@@ -146,17 +146,9 @@ def writer_lock(index_dir: Path, log: Callable[[str], None] = lambda message: No
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_checksums(folder: Path) -> dict[str, dict]:
     """Size and SHA-256 of every file of a version folder but its manifest, by relative path."""
-    return {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": sha256_of(path)}
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
 
 
@@ -171,6 +163,6 @@ def file_problems(folder: Path, recorded: object, hashes: bool) -> list[str]:
             problems.append(f"缺少文件 / missing file: {relative}")
         elif not isinstance(expected, dict) or path.stat().st_size != expected.get("size"):
             problems.append(f"文件大小不符 / size differs: {relative}")
-        elif hashes and _sha256(path) != expected.get("sha256"):
+        elif hashes and sha256_of(path) != expected.get("sha256"):
             problems.append(f"文件内容已改变 / checksum differs: {relative}")
     return problems

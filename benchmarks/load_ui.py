@@ -3,11 +3,19 @@
     python benchmarks/load_ui.py                          # starts `rag ui` on ./corpus + ./index
     python benchmarks/load_ui.py --url http://127.0.0.1:7860/
     python benchmarks/load_ui.py --users 20 --per-user 10 --timeout 300 --json
+    python benchmarks/load_ui.py --both                   # unique questions, then the 16 repeated ones
 
 Each simulated user is its own ``gradio_client.Client`` (its own session) and asks its questions
 one after another; all users run at once. Reports errors (goal: 0), latency p50/p95/max and the
 total wall time. Only loopback addresses are accepted, and the whole run stops after
 ``--timeout`` seconds whatever happens (unfinished questions count as errors).
+
+By default every request asks a different question (one of the 16 below with its own wording
+around it, see ``unique_questions``), so each needs its own query embedding, as with real users.
+``--repeat-questions`` asks the same 16 over and over (the old behaviour): after the first round
+the server takes their vectors from its query cache, which measures the cache, not the model.
+Against a long-running server (``--url``) the server remembers the last run's questions too:
+give each run its own ``--seed``.
 """
 
 from __future__ import annotations
@@ -50,7 +58,36 @@ QUESTIONS = [
     "文心一言是哪家公司的？",
     "今天天气如何？",  # off-topic: must still be answered (with the not-found message), not fail
 ]
+# Wording around a question that keeps its meaning but changes the string (and so its embedding).
+PREFIXES = ["", "请问", "我想知道", "麻烦查一下：", "根据报告，", "想了解一下", "能否说明", "帮我确认一下，"]
+SUFFIXES = ["", "请给出出处。", "谢谢。", "请简要回答。", "报告里怎么说？"]
 LOOPBACK_NAMES = {"localhost"}
+
+
+def unique_questions(count: int, seed: int = 0) -> list[str]:
+    """``count`` different questions: each of ``QUESTIONS`` with its own prefix and suffix.
+
+    The bare questions are never among them (a warm-up asks those); past the
+    ``len(PREFIXES) * len(SUFFIXES) - 1`` wordings of a question a number is added. ``seed``
+    shifts the whole list, so a second run against the same server asks new questions.
+    """
+    wordings = len(PREFIXES) * len(SUFFIXES)
+    questions: list[str] = []
+    for n in range(seed * count, seed * count + count):
+        base = QUESTIONS[n % len(QUESTIONS)]
+        variant = n // len(QUESTIONS) + 1  # variant 0 would be the bare question
+        prefix, suffix = PREFIXES[variant % len(PREFIXES)], SUFFIXES[(variant // len(PREFIXES)) % len(SUFFIXES)]
+        tag = f"（第{variant // wordings}轮）" if variant >= wordings else ""
+        questions.append(f"{prefix}{base}{suffix}{tag}")
+    assert len(set(questions)) == len(questions)
+    return questions
+
+
+def user_questions(users: int, per_user: int, repeat: bool, seed: int = 0) -> list[list[str]]:
+    """The questions each user asks, in order: all different, or the 16 repeated (``repeat``)."""
+    total = users * per_user
+    pool = [QUESTIONS[n % len(QUESTIONS)] for n in range(total)] if repeat else unique_questions(total, seed)
+    return [pool[n * per_user:(n + 1) * per_user] for n in range(users)]
 
 
 @dataclass
@@ -126,8 +163,8 @@ def stop_app(process: subprocess.Popen) -> None:
         process.wait(timeout=5)
 
 
-def run_user(url: str, number: int, per_user: int, deadline: float, outcome: Outcome) -> None:
-    """One user: a client of its own asking ``per_user`` questions in turn."""
+def run_user(url: str, number: int, questions: list[str], deadline: float, outcome: Outcome) -> None:
+    """One user: a client of its own asking ``questions`` in turn."""
     from gradio_client import Client
 
     try:
@@ -135,8 +172,7 @@ def run_user(url: str, number: int, per_user: int, deadline: float, outcome: Out
     except Exception as exc:  # noqa: BLE001 - every failure is an error to report
         outcome.errors.append(f"user {number}: cannot connect: {exc}")
         return
-    for i in range(per_user):
-        question = QUESTIONS[(number * per_user + i) % len(QUESTIONS)]
+    for i, question in enumerate(questions):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             outcome.errors.append(f"user {number}: deadline reached before question {i + 1}")
@@ -179,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="hard limit for the whole run, seconds")
     parser.add_argument("--warmup", action="store_true",
                         help="ask every question once before the timed run (measures steady state, not cold start)")
+    parser.add_argument("--repeat-questions", action="store_true",
+                        help="ask the same 16 questions over and over (their vectors then come from the query cache)")
+    parser.add_argument("--both", action="store_true",
+                        help="run with unique questions, then with repeated ones, and report both")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="shift the unique questions (use a new one for each run against the same --url)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
 
@@ -199,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         server, url = start_app(args.corpus, args.index)
     try:
-        return _run(args, url)
+        modes = [False, True] if args.both else [args.repeat_questions]
+        summaries = [_run(args, url, repeat) for repeat in modes]
+        if args.json:
+            print(json.dumps(summaries if args.both else summaries[0], ensure_ascii=False))
+        sys.stdout.flush()
+        return 0 if all(summary["errors"] == 0 for summary in summaries) else 1
     finally:
         if server is not None:
             # Clients still streaming (after a timeout) see the server go away and print tracebacks: expected.
@@ -209,17 +256,18 @@ def main(argv: list[str] | None = None) -> int:
         hard_stop.cancel()
 
 
-def _run(args: argparse.Namespace, url: str) -> int:
-    """The timed run against ``url``; prints the summary, returns 0 when nothing failed."""
+def _run(args: argparse.Namespace, url: str, repeat: bool) -> dict:
+    """One timed run against ``url``; prints the summary unless ``--json``, and returns it."""
     deadline = time.monotonic() + args.timeout
     if args.warmup:
         warm = Outcome()
-        run_user(url, 0, len(QUESTIONS), deadline, warm)  # user 0 walks the whole list once
+        run_user(url, 0, QUESTIONS, deadline, warm)  # the bare questions, once each
         if warm.errors:
             print("warm-up errors:", *warm.errors[:3], sep="\n  ")
+    asked = user_questions(args.users, args.per_user, repeat, args.seed)
     outcomes = [Outcome() for _ in range(args.users)]
     started = time.perf_counter()
-    threads = [threading.Thread(target=run_user, args=(url, n, args.per_user, deadline, outcomes[n]), daemon=True)
+    threads = [threading.Thread(target=run_user, args=(url, n, asked[n], deadline, outcomes[n]), daemon=True)
                for n in range(args.users)]
     for thread in threads:
         thread.start()
@@ -236,7 +284,9 @@ def _run(args: argparse.Namespace, url: str) -> int:
     if missing:
         errors.append(f"{missing} questions unanswered when the run was stopped")
     summary = {
-        "url": url, "warmup": args.warmup, "users": args.users, "per_user": args.per_user, "requests": expected,
+        "url": url, "questions": "repeated" if repeat else "unique",
+        "distinct_questions": len({q for user in asked for q in user}),
+        "warmup": args.warmup, "users": args.users, "per_user": args.per_user, "requests": expected,
         "answered": len(latencies), "errors": error_count,
         "abstained": sum(o.abstained for o in outcomes),
         "p50_s": round(percentile(latencies, 50), 3), "p95_s": round(percentile(latencies, 95), 3),
@@ -245,19 +295,18 @@ def _run(args: argparse.Namespace, url: str) -> int:
         "total_s": round(total, 2), "throughput_qps": round(len(latencies) / total, 2) if total else None,
         "unfinished_users": unfinished, "first_errors": errors[:5],
     }
-    if args.json:
-        print(json.dumps(summary, ensure_ascii=False))
-    else:
+    if not args.json:
+        kind = ("the 16 questions asked again and again: after the first round their vectors come from the "
+                "server's query cache" if repeat else "every question different: each one is embedded")
         print(f"{summary['users']} users × {summary['per_user']} questions = {expected} requests → {url}"
-              f"{' (after warm-up)' if args.warmup else ' (no warm-up: includes first-time query embeddings)'}")
+              f"{' (after warm-up)' if args.warmup else ' (no warm-up)'}; {kind}")
         print(f"answered {summary['answered']}, errors {summary['errors']} (goal 0), "
               f"not-found answers {summary['abstained']}")
         print(f"latency p50 {summary['p50_s']} s, p95 {summary['p95_s']} s, max {summary['max_s']} s; "
               f"total {summary['total_s']} s, {summary['throughput_qps']} answers/s")
         for error in summary["first_errors"]:
             print("  error:", error)
-    sys.stdout.flush()
-    return 0 if summary["errors"] == 0 else 1
+    return summary
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,16 +27,18 @@ from .answerability import TOP_PASSAGES
 from .build import BuildReport, build_index
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
-from .documents import SUPPORTED_SUFFIXES, load_document
+from .documents import REPLACED_DIR, SUPPORTED_SUFFIXES, file_sha256, load_document, max_file_bytes
 from .embed import Embedder, EmbeddingCache, QueryEncoder, load_embedder
 from .errors import NotFoundError, RagError
+from .followup import standalone_turns
 from .fusion import FusionSettings
+from .metadata import forget_report
 from .query import Query, analyse
 from .rerank import Reranker, load_cross_encoder
 from .results import Answer, AskResult, Hit, SearchResult
 from .retrieve import MODES, Retriever
-from .store import Store, open_store
-from .versions import live_version
+from .store import Store, open_store, verify_store
+from .versions import REBUILD_HINT, live_version
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_TOP_K = 50
@@ -116,6 +121,8 @@ class ReportQA:
             report = build_index(self.corpus_dir, self.index_dir, self.embedder, self.settings.chunker,
                                  cache=self.cache or EmbeddingCache(), force=force, progress=progress, log=log,
                                  write_metadata=write_metadata)
+            # Replaced uploads were kept only until a build indexed what replaced them.
+            shutil.rmtree(self.corpus_dir / REPLACED_DIR, ignore_errors=True)
         with self._lock:
             self._store = self._retriever = None  # reloaded on next use; the old index served queries meanwhile
         return report
@@ -163,52 +170,89 @@ class ReportQA:
         return analyse(question, self.store)
 
     def search(self, question: str, top_k: int = 5, mode: str = "hybrid",
-               sources: list[str] | None = None) -> SearchResult:
-        """Ranked passages for a question; an unusable question gives a result with ``error``."""
+               sources: list[str] | None = None, history: Sequence[str] | None = None) -> SearchResult:
+        """Ranked passages for a question; an unusable question gives a result with ``error``.
+
+        ``history`` holds the chat's earlier questions (oldest first): a follow-up ("那GPT-4呢？",
+        "它是哪年推出的？") is searched as the standalone question it stands for (``rag.followup``),
+        which the result reports as ``standalone``.
+        """
         if mode not in MODES:
             raise RagError(f"未知检索模式 {mode!r}，可选 {', '.join(MODES)} / unknown mode")
         retriever = self.retriever
+        self.check_sources(sources)
+        rewrite = standalone_turns(history, question or "")[0] if history else None
         try:
-            query = analyse(question, retriever.store)
+            query = analyse(rewrite.text if rewrite else question, retriever.store)
         except RagError as exc:
-            return SearchResult(query=question or "", error=str(exc))
-        hits = retriever.search(query, top_k=clamp_top_k(top_k), mode=mode, sources=sources or None)
-        return SearchResult(query=question, hits=hits, warning=query.warning, analysed=query)
+            return SearchResult(query=question if isinstance(question, str) else "", error=str(exc))
+        try:
+            hits = retriever.search(query, top_k=clamp_top_k(top_k), mode=mode, sources=sources or None)
+        except (IndexError, KeyError, ValueError, RuntimeError) as exc:
+            # Damage the size check cannot see (bytes changed in place) surfaces here: say what to do.
+            raise RagError(f"索引已损坏：{self.index_dir}（{type(exc).__name__}: {exc}）。{REBUILD_HINT}") from exc
+        return SearchResult(query=question, hits=hits, warning=query.warning, analysed=query,
+                            standalone=query.text if rewrite and rewrite.rewritten else None)
 
     def ask(self, question: str, top_k: int = 5, mode: str = "hybrid",
-            sources: list[str] | None = None) -> AskResult:
+            sources: list[str] | None = None, history: Sequence[str] | None = None) -> AskResult:
         """An extractive answer built only from the retrieved passages, with citation markers.
 
         Whether to answer is judged on at least ``TOP_PASSAGES`` hits whatever ``top_k`` is, so
         asking for fewer passages does not change the decision; only ``top_k`` are returned and quoted.
+        ``history``: the chat's earlier questions, as for ``search``.
         """
         top_k = clamp_top_k(top_k)
-        found = self.search(question, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources)
+        found = self.search(question, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources, history=history)
         if found.error or found.analysed is None:
             return AskResult(query=found.query, error=found.error, answer=found.error or "", abstained=True)
         answer = self.compose(found.analysed, found.hits, max_passages=min(3, top_k))
         return AskResult(query=found.query, hits=found.hits[:top_k], warning=found.warning, answer=answer.text,
                          abstained=answer.abstained, sources=answer.sources, caution=answer.caution,
-                         unanswerable_probability=answer.unanswerable_probability, analysed=found.analysed)
+                         unanswerable_probability=answer.unanswerable_probability, analysed=found.analysed,
+                         standalone=found.standalone)
 
     def compose(self, query: Query, hits: list[Hit], max_passages: int = 3) -> Answer:
         """The extractive answer to ``query`` from ``hits``: what ``ask`` replies and ``rag eval`` measures."""
         return compose_answer(query, hits, self.settings.answer, max_passages=max_passages)
 
+    def check(self) -> list[str]:
+        """Everything wrong with the index on disk, every file's checksum included (empty when healthy)."""
+        return verify_store(self.index_dir)
+
+    def check_sources(self, sources: Sequence[str] | None) -> None:
+        """Raise ``RagError`` naming every report in a search filter that is not in the index.
+
+        An unknown name would otherwise filter every passage out and read as "not found".
+        """
+        unknown = [str(source) for source in sources or [] if source not in self.store.documents]
+        if unknown:
+            raise RagError(f"筛选条件中的报告不存在：{'、'.join(unknown)} / unknown report in the filter: "
+                           f"{', '.join(unknown)}")
+
     def cite(self, citation: str) -> CitationView:
-        """Look up a citation ID."""
-        return lookup(self.store, citation)
+        """Look up a citation ID (a line range that is no passage shows exactly those lines)."""
+        return lookup(self.store, citation, corpus_dir=self.corpus_dir)
 
     def find(self, phrase: str, sources: list[str] | None = None) -> list[CitationView]:
         """Passages that contain a quoted phrase."""
+        self.check_sources(sources)
         return find_phrase(self.store, phrase, sources)
 
     def reports(self) -> dict[str, str]:
         """File name → human label of every indexed report."""
         return {source: doc.label for source, doc in sorted(self.store.documents.items())}
 
-    def add_report(self, path: Path | str, name: str | None = None, progress=None) -> BuildReport:
-        """Copy a report into the corpus (validated, name sanitised) and index it incrementally."""
+    def add_report(self, path: Path | str, name: str | None = None, progress=None,
+                   replace: bool = False) -> BuildReport:
+        """Copy a report into the corpus (validated, name sanitised) and index it incrementally.
+
+        An upload never overwrites silently: a report of the same name is only replaced when
+        ``replace`` is true; otherwise ``ReportExists`` is raised (its ``identical`` flag says the
+        same bytes are already there, so nothing needs doing). A replaced file is kept in the
+        corpus' hidden ``.replaced/`` folder until the next build completes, and its entry in
+        ``metadata.json`` is reset so the old title is not shown for the new content.
+        """
         path = Path(path)
         safe_name = safe_file_name(name or path.name)
         if Path(safe_name).suffix.lower() not in SUPPORTED_SUFFIXES:
@@ -216,14 +260,24 @@ class ReportQA:
         size = path.stat().st_size
         if size == 0:
             raise RagError(f"{safe_name}: 文件为空 / empty file")
-        if size > MAX_UPLOAD_BYTES:
-            raise RagError(f"{safe_name}: 文件超过 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB / file too large")
+        limit = min(MAX_UPLOAD_BYTES, max_file_bytes())  # the build would skip a larger file anyway
+        if size > limit:
+            raise RagError(f"{safe_name}: 文件超过 {limit / (1024 * 1024):g} MB / file too large")
         load_document(path, source=safe_name)  # raises a clear error before the corpus is touched
         self.corpus_dir.mkdir(parents=True, exist_ok=True)
         target = self.corpus_dir / safe_name
-        temporary = self.corpus_dir / f".upload-{os.getpid()}-{safe_name}"
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, target)
+        with self._build_lock:  # no build may list the corpus between the backup and the swap
+            replaced = self._check_existing(path, target, replace)
+            temporary = self.corpus_dir / f".upload-{os.getpid()}-{safe_name}"
+            shutil.copyfile(path, temporary)
+            if replaced:
+                backup = self.corpus_dir / REPLACED_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns()}"
+                backup.mkdir(parents=True)
+                shutil.copy2(target, backup / safe_name)
+            os.replace(temporary, target)
+            # The upload is new content: whatever metadata.json said about an earlier file of
+            # this name (a replaced or deleted report) no longer describes it.
+            forget_report(self.corpus_dir, safe_name)
         return self.build(progress=progress)
 
     def remove_report(self, name: str, progress=None) -> BuildReport:
@@ -245,6 +299,34 @@ class ReportQA:
             raise RagError(f"{safe_name} 是语料中唯一的报告，不能删除 / cannot remove the only report")
         target.unlink()
         return self.build(progress=progress)
+
+    @staticmethod
+    def _check_existing(upload: Path, target: Path, replace: bool) -> bool:
+        """True when ``target`` exists and is to be replaced; raise when the upload must not proceed."""
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            return False
+        name = target.name
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportExists(f"语料目录中已有同名的文件夹、链接或特殊文件 {name}，未做更改 / "
+                               f"{name} already exists in the corpus and is not a regular file; nothing changed")
+        if file_sha256(target) == file_sha256(upload):
+            raise ReportExists(f"报告 {name} 已存在，内容完全相同，无需更改 / {name} is already in the corpus "
+                               "with identical content; nothing changed", identical=True)
+        if not replace:
+            raise ReportExists(f"已有同名报告 {name}（内容不同），未覆盖。如需替换，请勾选“替换同名报告”后重新上传，"
+                               f"或改名后上传 / a different report named {name} already exists; not overwritten "
+                               "(pass replace=True to replace it)")
+        return True
+
+
+class ReportExists(RagError):
+    """An upload was refused because a report of that name exists (``identical``: same bytes)."""
+
+    def __init__(self, message: str, identical: bool = False):
+        super().__init__(message)
+        self.identical = identical
 
 
 def safe_file_name(name: str) -> str:

@@ -22,9 +22,9 @@ from .embed import Embedder, EmbeddingCache, embed_with_cache
 from .errors import RagError
 from .metadata import ReportInfo, detect_info, load_metadata, merge_info, metadata_path, save_metadata
 from .records import StoredDocument, embedding_text, sentence_units
-from .store import ReportRecords, open_store, store_writer
+from .store import ReportRecords, store_writer, verify_store
 from .tokenize import TOKENIZER_VERSION, corpus_terms, tokenizer_for
-from .versions import read_manifest
+from .versions import check_target, clean_leftovers, read_manifest, resolve_live, writer_lock
 
 
 @dataclass
@@ -46,13 +46,13 @@ class BuildReport:
     duplicates: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _opens(index_dir: Path) -> bool:
-    """True when the live index loads; a damaged one must be rebuilt, not reported up to date."""
-    try:
-        open_store(index_dir)
-    except RagError:
-        return False
-    return True
+def _sound(index_dir: Path, log: Callable[[str], None]) -> bool:
+    """True when the live index loads and every file matches its recorded checksum; a damaged index
+    must be rebuilt, not reported up to date."""
+    problems = verify_store(index_dir)
+    for problem in problems:
+        log(f"索引需要重建 / the index will be rebuilt: {problem}")
+    return not problems
 
 
 def _corpus_infos(corpus_dir: Path, documents: list[Document], duplicates: dict[str, list[str]],
@@ -96,15 +96,29 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     """Build (or bring up to date) the index of ``corpus_dir`` in ``index_dir``.
 
     ``corpus/`` is only read, unless ``write_metadata`` asks to save the detected report descriptions
-    into its ``metadata.json``.
+    into its ``metadata.json``. One build of an index runs at a time, across processes: a second one
+    waits for the first (and then usually finds the index up to date).
     """
     began = time.perf_counter()
-    settings = settings or ChunkerSettings()
+    check_target(index_dir)
     documents, failures = load_corpus(corpus_dir)
     for failure in failures:
         log(f"跳过 / skipped: {failure.reason}")
     if not documents:
         raise RagError(f"语料目录中没有可用的报告 / no usable report in {corpus_dir}")
+    with writer_lock(index_dir, log):
+        live = resolve_live(index_dir)
+        removed = clean_leftovers(index_dir, keep={live.name} if live else set())
+        if removed:
+            log(f"清理了中断的建索引留下的文件夹 / removed leftovers of interrupted builds: {', '.join(removed)}")
+        return _build_locked(corpus_dir, index_dir, embedder, settings or ChunkerSettings(), documents, failures,
+                             cache, force, progress, log, write_metadata, began)
+
+
+def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings: ChunkerSettings,
+                  documents: list[Document], failures: list[LoadFailure], cache: EmbeddingCache | None, force: bool,
+                  progress: Callable[[int, int], None] | None, log: Callable[[str], None], write_metadata: bool,
+                  began: float) -> BuildReport:
     manifest = read_manifest(index_dir)
     wanted = {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
               "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION,
@@ -112,7 +126,7 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
         metadata_file = metadata_path(corpus_dir)
         metadata_unchanged = not metadata_file.exists() or metadata_file.stat().st_mtime <= manifest.get("built_at", 0)
-        if metadata_unchanged and _opens(index_dir):
+        if metadata_unchanged and _sound(index_dir, log):
             return BuildReport(str(index_dir), len(documents), manifest.get("chunks", 0), 0,
                                manifest.get("chunks", 0), time.perf_counter() - began, skipped=True,
                                failures=failures)

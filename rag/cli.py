@@ -77,32 +77,91 @@ def fetch_model_command() -> None:
     fetch_model(log=lambda m: click.echo(m, err=True))
 
 
+SKIP_PREFIX = "跳过 / skipped: "
+ETA_AFTER_SECONDS = 30  # say how long embedding will take only when it is worth waiting for
+
+
 @main.command("index")
 @click.option("--force", is_flag=True, help="Rebuild even when nothing changed.")
+@click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Skip report files larger than this (MB; default: $RAG_MAX_FILE_MB or 20).")
 @click.option("--write-metadata", is_flag=True,
               help="Also save the detected titles, institutions and dates into the corpus's metadata.json.")
 @click.pass_context
 @handle_errors
-def index_command(ctx: click.Context, force: bool, write_metadata: bool) -> None:
+def index_command(ctx: click.Context, force: bool, max_file_mb: float | None, write_metadata: bool) -> None:
     """Build or update the index of the corpus folder."""
+    from .documents import MAX_FILE_MB_ENV
+
+    previous = os.environ.get(MAX_FILE_MB_ENV)
+    if max_file_mb is not None:
+        os.environ[MAX_FILE_MB_ENV] = repr(max_file_mb)  # the corpus loader reads the limit from here
+    try:
+        _index(ctx, force, write_metadata)
+    finally:
+        if previous is None:
+            os.environ.pop(MAX_FILE_MB_ENV, None)
+        else:
+            os.environ[MAX_FILE_MB_ENV] = previous
+
+
+def eta_line(done: int, total: int, seconds: float) -> str | None:
+    """The time estimate after the first ``done`` of ``total`` texts took ``seconds``, when worth saying.
+
+    The first batch also pays for warming the model up, so the estimate errs long; the progress
+    bar's own estimate follows the later batches.
+    """
+    if done <= 0 or done >= total:
+        return None
+    rate = done / max(seconds, 1e-6)
+    remaining = (total - done) / rate
+    if remaining < ETA_AFTER_SECONDS:
+        return None
+    minutes = max(1, round(remaining / 60))
+    return (f"预计还需约 {minutes} 分钟（首批实测 {rate:.1f} 段/秒） / about {minutes} min left "
+            f"(first batch: {rate:.1f} texts/s)")
+
+
+def _index(ctx: click.Context, force: bool, write_metadata: bool) -> None:
+    import time
+
     from tqdm import tqdm
 
+    from .documents import format_size, max_file_bytes, scan_corpus
+
     qa = _qa(ctx)
-    bar: dict = {}
+    files, _ = scan_corpus(qa.corpus_dir)
+    click.echo(f"语料 / corpus: {len(files)} 个文件 / files, {format_size(sum(f.size for f in files))} "
+               f"(单个文件上限 / per-file limit {format_size(max_file_bytes())})", err=True)
+    # Time of the last thing the build told us: embedding of a stage starts right after it.
+    stage: dict = {"bar": None, "count": 0, "last_event": time.monotonic()}
 
     def progress(done: int, total: int) -> None:
-        if "bar" not in bar or bar["bar"].total != total:
-            if "bar" in bar:
-                bar["bar"].close()
-            label = "embedding passages" if "bar" not in bar else "embedding sentences"
-            bar["bar"] = tqdm(total=total, desc=label, unit="text", file=sys.stderr)
-        bar["bar"].n = done
-        bar["bar"].refresh()
+        # Called after each embedded batch, for passages and then for sentences.
+        now, began = time.monotonic(), stage["last_event"]
+        stage["last_event"] = now
+        bar = stage["bar"]
+        if bar is not None and bar.total == total and done >= bar.n:
+            bar.update(done - bar.n)
+            return
+        if bar is not None:
+            bar.close()
+        label = "embedding passages" if stage["count"] == 0 else "embedding sentences"
+        stage["count"] += 1
+        click.echo(f"需要嵌入 / to embed: {total} 段文本 / texts ({label.split()[1]})", err=True)
+        estimate = eta_line(done, total, now - began)
+        if estimate:
+            click.echo(estimate, err=True)
+        stage["bar"] = tqdm(total=total, initial=done, desc=label, unit="text", file=sys.stderr)
 
-    report = qa.build(force=force, progress=progress, log=lambda m: click.echo(m, err=True),
-                      write_metadata=write_metadata)
-    if "bar" in bar:
-        bar["bar"].close()
+    def log(message: str) -> None:
+        stage["last_event"] = time.monotonic()
+        if not message.startswith(SKIP_PREFIX):  # every skipped file is listed once, after the build
+            click.echo(message, err=True)
+
+    report = qa.build(force=force, progress=progress, log=log, write_metadata=write_metadata)
+    if stage["bar"] is not None:
+        stage["bar"].close()
     if report.skipped:
         click.echo(f"索引已是最新 / index is up to date: {report.documents} reports, {report.chunks} passages")
     else:
@@ -112,7 +171,20 @@ def index_command(ctx: click.Context, force: bool, write_metadata: bool) -> None
     for source, others in report.duplicates.items():
         click.echo(f"近似重复 / near-duplicate: {source} ≈ {', '.join(others)}")
     for failure in report.failures:
-        click.echo(f"跳过 / skipped: {failure.reason}", err=True)
+        click.echo(f"{SKIP_PREFIX}{failure.reason}", err=True)
+
+
+@main.command("check")
+@click.pass_context
+@handle_errors
+def check_command(ctx: click.Context) -> None:
+    """Verify the index: every file against its recorded checksum, and that its parts fit together."""
+    problems = _qa(ctx).check()
+    if problems:
+        for problem in problems:
+            click.echo(f"问题 / problem: {problem}", err=True)
+        _fail("索引需要重建，请运行 `rag index` / the index needs a rebuild: run `rag index`")
+    click.echo("索引完好 / the index is healthy")
 
 
 def _questions(question: str | None, as_json: bool) -> list[str] | None:
@@ -129,6 +201,36 @@ def _print_hits(result) -> None:
     if result.warning:
         click.echo(result.warning, err=True)
     click.echo(hits_text(result))
+
+
+def read_history(path: Path | None) -> list[str] | None:
+    """The chat's earlier questions from ``--history``: a JSON list of questions or of chat messages
+    (``{"role": "user", "content": …}``, other roles skipped), or plain text with one question per line."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RagError(f"无法读取对话历史 / cannot read history file {path}: {exc}") from exc
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(items, list):
+        raise RagError(f"对话历史应为问题列表或消息列表 / history must be a JSON list: {path}")
+    questions = []
+    for item in items:
+        if isinstance(item, str):
+            questions.append(item)
+        elif isinstance(item, dict) and item.get("role", "user") == "user" and isinstance(item.get("content"), str):
+            questions.append(item["content"])
+    return questions
+
+
+HISTORY_OPTION = click.option(
+    "--history", "history_file", type=click.Path(path_type=Path), default=None,
+    help="Earlier questions of the chat (JSON list of questions or chat messages, or one per line): "
+         "a follow-up such as '那GPT-4呢？' is searched as the standalone question it stands for.")
 
 
 def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Callable, render: Callable) -> None:
@@ -151,12 +253,15 @@ def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Cal
 @click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
 @click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@HISTORY_OPTION
 @click.pass_context
 @handle_errors
-def search_command(ctx, question, top_k, mode, sources, as_json) -> None:
+def search_command(ctx, question, top_k, mode, sources, as_json, history_file) -> None:
     """Find the passages that answer QUESTION."""
+    history = read_history(history_file)
     _run_batch(ctx, question, as_json,
-               lambda qa, q: qa.search(q, top_k=top_k, mode=mode, sources=list(sources) or None), _print_hits)
+               lambda qa, q: qa.search(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history),
+               _print_hits)
 
 
 def _print_answer(result) -> None:
@@ -171,12 +276,14 @@ def _print_answer(result) -> None:
 @click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
 @click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@HISTORY_OPTION
 @click.pass_context
 @handle_errors
-def ask_command(ctx, question, top_k, mode, sources, as_json) -> None:
+def ask_command(ctx, question, top_k, mode, sources, as_json, history_file) -> None:
     """Answer QUESTION with sentences quoted from the reports, each cited."""
+    history = read_history(history_file)
     _run_batch(ctx, question, as_json,
-               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None),
+               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history),
                _print_answer)
 
 
@@ -207,13 +314,26 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
 @click.option("--limit", type=int, default=None, help="Only the first N questions (smoke runs).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval/results"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
+@click.option("--conversations", "conversations_file", type=click.Path(path_type=Path), default=None,
+              help="Evaluate follow-up questions instead: a conversation file (eval/conversations.jsonl).")
 @click.pass_context
 @handle_errors
-def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json) -> None:
+def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, conversations_file) -> None:
     """Benchmark retrieval on a question set: bm25, dense, the default pipeline and a typical recipe."""
     import datetime
 
     from . import evaluate
+
+    if conversations_file is not None:
+        split = split or "test"
+        qa = _qa(ctx)
+        qa.build(log=lambda m: click.echo(m, err=True))
+        numbers = evaluate.evaluate_conversations(qa, evaluate.load_conversations(conversations_file, split)[:limit])
+        report = evaluate.conversations_report(numbers, split, str(conversations_file))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{datetime.date.today().isoformat()}-conversations-{split}.md").write_text(report, encoding="utf-8")
+        click.echo(json.dumps(numbers, ensure_ascii=False, indent=2) if as_json else report)
+        return
 
     every_question = evaluate.load_questions(questions_file)
     if split is None:  # a user's own question file need not label splits: then it is run whole

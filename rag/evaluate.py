@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from . import fitted
 from .api import ReportQA, Settings
 from .chunking import ChunkerSettings
 from .errors import RagError
-from .results import Answer, Hit
+from .results import Answer, Hit, SearchResult
 from .textnorm import fold, squeeze
 
 TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
@@ -37,6 +38,7 @@ MAIN_METRICS = ["hit@1", "hit@5", "mrr@10", "ndcg@10", "abstain", "false_abstain
 RECIPE_CHUNKER = ChunkerSettings(strategy="fixed", embed_context=False, sentence_vectors=False,
                                  target_chars=500, overlap_chars=50)
 MISSING = "__no_relevant_passage_retrieved__"
+T = TypeVar("T")
 
 
 @dataclass
@@ -82,26 +84,32 @@ class ConfigResult:
     per_question: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def load_questions(path: Path, split: str | None = None) -> list[Question]:
-    """Read a question file (JSON lines); ``split`` keeps one split (``select_split``)."""
-    questions = []
+def _parsed_lines(path: Path, kind: str, parse: Callable[[dict], T]) -> list[T]:
+    """Every non-empty JSON line of ``path`` through ``parse``; ``kind`` names the file in errors (问题集, 对话集)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise RagError(f"无法读取问题集 / cannot read question file {path}: {exc.strerror}") from exc
+        raise RagError(f"无法读取{kind} / cannot read {path}: {exc.strerror}") from exc
+    items = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
-            item = Question(id=str(raw["id"]), question=raw["question"], evidence=list(raw.get("evidence", [])),
-                            docs=list(raw.get("docs", [])), type=raw.get("type", "fact"),
-                            split=raw.get("split", ""), answer=raw.get("answer", ""),
-                            difficulty=raw.get("difficulty", ""))
+            items.append(parse(json.loads(line)))
         except (ValueError, KeyError, TypeError) as exc:
-            raise RagError(f"问题集第 {number} 行格式错误 / bad line {number} in {path}: {exc}") from exc
-        questions.append(item)
-    return select_split(questions, split, path)
+            raise RagError(f"{kind}第 {number} 行格式错误 / bad line {number} in {path}: {exc}") from exc
+    return items
+
+
+def _question(raw: dict) -> Question:
+    return Question(id=str(raw["id"]), question=raw["question"], evidence=list(raw.get("evidence", [])),
+                    docs=list(raw.get("docs", [])), type=raw.get("type", "fact"), split=raw.get("split", ""),
+                    answer=raw.get("answer", ""), difficulty=raw.get("difficulty", ""))
+
+
+def load_questions(path: Path, split: str | None = None) -> list[Question]:
+    """Read a question file (JSON lines); ``split`` keeps one split (``select_split``)."""
+    return select_split(_parsed_lines(path, "问题集", _question), split, path)
 
 
 def select_split(questions: list[Question], split: str | None, path: Path) -> list[Question]:
@@ -467,3 +475,82 @@ def results_json(results: list[ConfigResult]) -> dict:
                      "intervals": {m: metric_interval(r, m) for m in INTERVAL_METRICS}}
             for r in results}
 
+
+
+# -- follow-up questions ---------------------------------------------------------------------------
+
+@dataclass
+class Conversation:
+    """A chat of two or three turns; every turn is a ``Question`` whose ``answer`` is its reference and whose
+    ``standalone`` form is what a person would write for it out of context."""
+
+    id: str
+    split: str
+    turns: list[Question]
+    standalone: list[str]
+
+
+def _conversation(raw: dict) -> Conversation:
+    turns = [Question(id=f"{raw['id']}-{n}", question=t["question"], evidence=list(t["evidence"]),
+                      docs=list(t.get("docs", [])), type="followup" if n else "fact", split=raw.get("split", ""),
+                      answer=t.get("answer", ""))
+             for n, t in enumerate(raw["turns"])]
+    return Conversation(str(raw["id"]), raw.get("split", ""), turns,
+                        [t.get("standalone") or t["question"] for t in raw["turns"]])
+
+
+def load_conversations(path: Path, split: str | None = None) -> list[Conversation]:
+    """Read a conversation file (JSON lines: id, split, turns with question/standalone/evidence/docs/answer)."""
+    chosen = [c for c in _parsed_lines(path, "对话集", _conversation) if split in (None, "all") or c.split == split]
+    if not chosen:
+        raise RagError(f"对话集中没有对话 / no conversations in {path} for split {split!r}")
+    return chosen
+
+
+FOLLOWUP_RUNS = ("first turns", "follow-ups as typed", "follow-ups rewritten from the history",
+                 "follow-ups as written standalone (reference)")
+
+
+def _judged(found: SearchResult, question: Question, qa: ReportQA) -> list[tuple[str, bool]]:
+    return [(h.citation, _relevant_hit(h, question, qa)) for h in found.hits]
+
+
+def evaluate_conversations(qa: ReportQA, conversations: list[Conversation], depth: int = 10) -> dict[str, dict]:
+    """Hit@5 and MRR@10 of the first turns, and of the follow-up turns searched as typed (no history),
+    rewritten from the history (``rag.followup``), and as their reference standalone questions."""
+    runs: dict[str, dict[str, list[tuple[str, bool]]]] = {name: {} for name in FOLLOWUP_RUNS}
+    exact = []
+    for conversation in conversations:
+        for position, turn in enumerate(conversation.turns):
+            asked = [t.question for t in conversation.turns[:position]]
+
+            if position == 0:
+                runs[FOLLOWUP_RUNS[0]][turn.id] = _judged(qa.search(turn.question, top_k=depth), turn, qa)
+                continue
+            runs[FOLLOWUP_RUNS[1]][turn.id] = _judged(qa.search(turn.question, top_k=depth), turn, qa)
+            rewritten = qa.search(turn.question, top_k=depth, history=asked)
+            runs[FOLLOWUP_RUNS[2]][turn.id] = _judged(rewritten, turn, qa)
+            reference = conversation.standalone[position]
+            exact.append(float(squeeze(rewritten.standalone or turn.question) == squeeze(reference)))
+            runs[FOLLOWUP_RUNS[3]][turn.id] = _judged(qa.search(reference, top_k=depth), turn, qa)
+    results = {}
+    for name, run in runs.items():
+        scores = _ranx_scores(run)
+        results[name] = {"n": float(len(run)), "hit@5": _mean([s["hit@5"] for s in scores.values()]),
+                         "mrr@10": _mean([s["mrr@10"] for s in scores.values()])}
+    results["rewrite equals the reference"] = {"n": float(len(exact)), "share": _mean(exact)}
+    return results
+
+
+def conversations_report(results: dict[str, dict], split: str, source: str) -> str:
+    """The follow-up evaluation as Markdown."""
+    lines = [f"# Follow-up questions — split `{split}`", "",
+             f"Conversations from `{source}`. Generated by `rag eval --conversations {source} --split {split}`.", "",
+             _row(["turns", "n", "Hit@5", "MRR@10"]), _row(["---"] * 4)]
+    for name in FOLLOWUP_RUNS:
+        r = results[name]
+        lines.append(_row([name, f"{r['n']:.0f}", f"{r['hit@5']:.3f}", f"{r['mrr@10']:.3f}"]))
+    exact = results["rewrite equals the reference"]
+    lines += ["", f"The rewrite equals the reference standalone question (whitespace ignored) for "
+              f"{exact['share']:.2f} of {exact['n']:.0f} follow-up turns."]
+    return "\n".join(lines) + "\n"

@@ -33,7 +33,16 @@ from .records import StoredChunk, StoredDocument, lexical_text
 from .store import ReportRecords, Scored
 from .textnorm import fold
 from .tokenize import TOKENIZER_VERSION, Tokenizer, tokenizer_for
-from .versions import REBUILD_HINT, live_dir, new_version_name, publish, read_manifest, write_manifest
+from .versions import (
+    REBUILD_HINT,
+    file_checksums,
+    file_problems,
+    manifest_of,
+    new_version_name,
+    publish,
+    resolve_live,
+    write_manifest,
+)
 
 FORMAT_VERSION = 1
 BM25_CACHE_SIZE = 8
@@ -44,15 +53,19 @@ class EmbeddedStore:
 
     def __init__(self, index_dir: Path):
         self.index_dir = index_dir
-        live = live_dir(index_dir)
-        manifest = read_manifest(index_dir)
-        if manifest is None:
+        live = resolve_live(index_dir)  # once: every file comes from this one version
+        manifest = manifest_of(live)
+        if live is None or manifest is None:
             raise RagError(f"索引不存在或无法读取：{index_dir}。{REBUILD_HINT}")
+        self.version_dir = live
         if manifest.get("format") != FORMAT_VERSION:
             raise RagError(f"索引格式已过期：{index_dir}。{REBUILD_HINT}")
         if manifest.get("tokenizer_version", 1) != TOKENIZER_VERSION:
             # The BM25 vocabulary was cut by an older tokenizer: questions would no longer meet it.
             raise RagError(f"索引的分词方式已过期：{index_dir}。{REBUILD_HINT}")
+        sizes = file_problems(live, manifest.get("files"), hashes=False)
+        if sizes:
+            raise RagError(f"索引已损坏：{index_dir}（{sizes[0]}）。{REBUILD_HINT}")
         self.manifest = manifest
         # Questions must be cut with the same dictionary the passages were indexed with.
         self.tokenizer: Tokenizer = tokenizer_for(manifest.get("user_words", []))
@@ -76,8 +89,9 @@ class EmbeddedStore:
             db.close()
         except Exception as exc:  # any damage to the files means the same thing to the user
             raise RagError(f"索引已损坏：{index_dir}（{exc}）。{REBUILD_HINT}") from exc
-        if self.dense.ntotal != len(self.chunks) or manifest.get("chunks") != len(self.chunks):
-            raise RagError(f"索引文件不一致：{index_dir}。{REBUILD_HINT}")
+        problem = self._inconsistency()
+        if problem:
+            raise RagError(f"索引文件不一致：{index_dir}（{problem}）。{REBUILD_HINT}")
         self._by_citation = {c.citation: c for c in self.chunks}
         self._ids_of: dict[str, list[int]] = {}
         for chunk in self.chunks:
@@ -88,6 +102,25 @@ class EmbeddedStore:
         self._idf: dict[str, float] = {}
         self._bm25_cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _inconsistency(self) -> str | None:
+        """What does not fit together between the files of this version (None when all agree)."""
+        count = len(self.chunks)
+        if self.dense.ntotal != count or self.manifest.get("chunks") != count:
+            return "passages / dense vectors / manifest counts differ"
+        if [c.id for c in self.chunks] != list(range(count)):
+            return "passage ids are not contiguous"
+        if any(c.source not in self.documents for c in self.chunks):
+            return "a passage belongs to no stored report"
+        if int(self.lexical.scores.get("num_docs", -1)) != count:
+            return "the BM25 index holds another number of passages"
+        if self.units is not None:
+            owner = self.unit_owner
+            if owner is None or len(owner) != self.units.ntotal:
+                return "unit vectors and their owners differ in number"
+            if len(owner) and (owner.min() < 0 or owner.max() >= count or (np.diff(owner) < 0).any()):
+                return "unit owners point outside the passages"
+        return None
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -251,7 +284,8 @@ class EmbeddedWriter:
             lexical.index([self.tokenizer.tokens(lexical_text(c)) or ["\x00"] for c in stored], show_progress=False)
             lexical.save(str(build_dir / "bm25"))
             self._write_meta(build_dir / "meta.sqlite", stored)
-            write_manifest(build_dir, {**manifest, "format": FORMAT_VERSION, "chunks": len(stored)})
+            write_manifest(build_dir, {**manifest, "format": FORMAT_VERSION, "chunks": len(stored),
+                                       "files": file_checksums(build_dir)})
             publish(self.index_dir, build_dir, version)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import stat
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,11 +91,7 @@ def metadata_path(corpus_dir: Path) -> Path:
 
 def load_metadata(corpus_dir: Path) -> dict[str, ReportInfo]:
     """Read ``metadata.json``; a missing or unreadable file is an empty mapping."""
-    path = metadata_path(corpus_dir)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    raw = _read_raw(corpus_dir)
     result = {}
     for source, values in raw.items():
         if isinstance(values, dict):
@@ -113,12 +110,54 @@ def merge_info(existing: ReportInfo | None, detected: ReportInfo) -> ReportInfo:
     return merged
 
 
-def save_metadata(corpus_dir: Path, infos: dict[str, ReportInfo]) -> None:
-    """Write ``metadata.json`` atomically, sorted by file name."""
+def _read_raw(corpus_dir: Path) -> dict:
     path = metadata_path(corpus_dir)
+    if not path.is_file():  # a FIFO or folder of that name must not block or break a build
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Replace ``path`` atomically with ``payload``, keeping the file's permission bits.
+
+    The temporary file is created like any new file (mode 0666 less the umask, not mkstemp's
+    0600); when ``path`` exists its mode is copied, so a rewrite never changes who may read it.
+    """
+    temporary = path.with_name(f".metadata-{os.getpid()}-{threading.get_ident()}.json")
+    temporary.unlink(missing_ok=True)  # a leftover of a crashed write
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            json.dump(payload, out, ensure_ascii=False, indent=2)
+            out.write("\n")
+        try:
+            os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
+        except FileNotFoundError:
+            pass
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def save_metadata(corpus_dir: Path, infos: dict[str, ReportInfo]) -> None:
+    """Write ``metadata.json`` atomically, sorted by file name, keeping the file's mode."""
     payload = {source: asdict(infos[source]) for source in sorted(infos)}
-    handle, tmp = tempfile.mkstemp(dir=corpus_dir, prefix=".metadata-", suffix=".json")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(payload, out, ensure_ascii=False, indent=2)
-        out.write("\n")
-    os.replace(tmp, path)
+    _write_json(metadata_path(corpus_dir), payload)
+
+
+def forget_report(corpus_dir: Path, source: str) -> bool:
+    """Drop ``source``'s entry from ``metadata.json`` (its file was replaced); True if there was one.
+
+    Other entries are written back exactly as they were read.
+    """
+    raw = _read_raw(corpus_dir)
+    if source not in raw:
+        return False
+    del raw[source]
+    _write_json(metadata_path(corpus_dir), raw)
+    return True

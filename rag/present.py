@@ -25,6 +25,7 @@ EXCERPT_CHARS = 80
 CONTEXT_CHARS = 200        # context each side of a cited passage in the chat
 LOOKUP_CONTEXT_CHARS = 400  # … and in the 引用查询 tab
 MAX_PHRASE_HITS = 20
+STANDALONE_LABEL = "按上文理解为："
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +48,8 @@ def answer_text(result: AskResult) -> str:
     if result.error:
         return result.error
     lines = [CAUTION, result.answer] if result.caution else [result.answer]
+    if result.standalone:
+        lines += ["", f"{STANDALONE_LABEL}{result.standalone}"]
     if result.sources:
         lines += ["", "来源："] + format_sources(result.sources)
     if result.closest:
@@ -230,6 +233,8 @@ def answer_html(qa: ReportQA, result: AskResult) -> str:
     if result.caution:
         parts.append(f"<div class=\"rag-note rag-caution\">{escape(CAUTION)}</div>")
     parts.append(f"<div class=\"rag-answer-text\">{_marked_answer(result.answer)}</div>")
+    if result.standalone:
+        parts.append(f"<div class=\"rag-note rag-standalone\">{escape(STANDALONE_LABEL + result.standalone)}</div>")
     if result.warning:
         parts.append(f"<div class=\"rag-note\">{escape(result.warning)}</div>")
     if result.abstained:

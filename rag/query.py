@@ -59,6 +59,8 @@ class Query:
 
 def clean_question(question: str) -> tuple[str, str | None]:
     """Drop control characters and trim; returns (text, truncation warning). Raises for empty questions."""
+    if question is not None and not isinstance(question, str):
+        raise RagError(f"问题必须是文本，收到的是 {type(question).__name__} / the question must be a string")
     cleaned = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in question or "")
     cleaned = re.sub(r"\s+", " ", cleaned).strip()
     if not cleaned:

@@ -57,6 +57,7 @@ class SearchJSON(TypedDict):
     hits: list[HitJSON]
     error: NotRequired[str]
     warning: NotRequired[str]
+    standalone: NotRequired[str]
 
 
 class AskJSON(SearchJSON):
@@ -127,7 +128,8 @@ class Answer:
 class SearchResult:
     """Hits for one question (``error`` is set instead when the question was unusable).
 
-    ``query`` is the question as asked; ``analysed`` the ``Query`` every stage used (None on error).
+    ``query`` is the question as asked; ``analysed`` the ``Query`` every stage used (None on error);
+    ``standalone`` the question actually searched when a follow-up was rewritten from the chat history.
     """
 
     query: str
@@ -135,14 +137,17 @@ class SearchResult:
     error: str | None = None
     warning: str | None = None
     analysed: Query | None = field(default=None, repr=False)
+    standalone: str | None = None
 
     def to_json(self) -> SearchJSON:
-        """The JSON contract: ``{"query", "hits": [...]}`` plus ``error``/``warning`` when set."""
+        """The JSON contract: ``{"query", "hits": [...]}`` plus ``error``/``warning``/``standalone`` when set."""
         payload: SearchJSON = {"query": self.query, "hits": [h.to_json() for h in self.hits]}
         if self.error:
             payload["error"] = self.error
         if self.warning:
             payload["warning"] = self.warning
+        if self.standalone:
+            payload["standalone"] = self.standalone
         return payload
 
 

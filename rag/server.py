@@ -587,12 +587,12 @@ class Service:
     async def answer(self, question: str, top_k: int, mode: str, sources: list[str] | None,
                      history: Sequence[str] = ()) -> AskResult:
         """``ReportQA.ask`` with the API's checks: 503 without an index, 404 for unknown reports,
-        400 for an unusable question; one trip to a worker thread.
-
-        ``history`` (a chat's earlier questions) is not used yet: follow-up rewriting will take it.
+        400 for an unusable question; one trip to a worker thread. ``history`` (a chat's earlier
+        questions) turns a follow-up into the standalone question it stands for (``rag.followup``).
         """
         def run() -> AskResult:
-            return self.qa.ask(question, top_k=top_k, mode=mode, sources=self.known_sources(sources))
+            return self.qa.ask(question, top_k=top_k, mode=mode, sources=self.known_sources(sources),
+                               history=list(history) or None)
 
         return await self.compute(self._query, run)
 

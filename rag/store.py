@@ -21,6 +21,7 @@ import numpy as np
 
 from .aliases import AliasTable
 from .chunking import Chunk
+from .errors import RagError
 from .records import StoredChunk, StoredDocument
 from .tokenize import Tokenizer
 
@@ -136,10 +137,36 @@ class StoreWriter(Protocol):
 
 
 def open_store(index_dir: Path) -> Store:
-    """The store in ``index_dir`` (raises ``RagError`` with a rebuild hint when unusable)."""
-    from .faiss_store import EmbeddedStore
+    """The store in ``index_dir`` (raises ``RagError`` with a rebuild hint when unusable).
 
+    A build may publish a new version while this one loads: when loading fails and another version
+    went live meanwhile, the new one is loaded instead, so a reader never reports a sound index as broken.
+    """
+    from .faiss_store import EmbeddedStore
+    from .versions import check_target, resolve_live
+
+    check_target(index_dir)
+    for _ in range(3):
+        before = resolve_live(index_dir)
+        try:
+            return EmbeddedStore(index_dir)
+        except RagError:
+            if resolve_live(index_dir) == before:
+                raise
     return EmbeddedStore(index_dir)
+
+
+def verify_store(index_dir: Path) -> list[str]:
+    """Everything wrong with the live index, checking every file's SHA-256 (empty when healthy)."""
+    from .versions import file_problems, resolve_live
+
+    try:
+        store = open_store(index_dir)
+    except RagError as exc:
+        return [str(exc)]
+    live = resolve_live(index_dir)
+    assert live is not None
+    return file_problems(live, store.manifest.get("files"), hashes=True)
 
 
 def store_writer(index_dir: Path, dimension: int, tokenizer: Tokenizer) -> StoreWriter:

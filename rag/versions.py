@@ -9,18 +9,29 @@ Layout of an index folder::
 
 A build writes into a hidden ``.build-…`` folder, renames it to ``v-…`` when complete, and only then
 points ``current`` at it, so readers always see a whole version and a crash never breaks the live one.
+Writers hold an inter-process lock (``index/.lock``) for the whole build, so two builds of one index
+never tread on each other's folders; readers resolve ``current`` once and load every file from that
+one version, and the previous version is kept until the next build, so a reader that resolved it
+just before a swap can still finish loading it. The manifest records every file's size and SHA-256.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import RagError
+from .model_fetch import sha256_of
 
 CURRENT = "current"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 REBUILD_HINT = "请运行 `rag index` 重新建立索引 / run `rag index` to (re)build it"
 
 
@@ -29,13 +40,40 @@ def live_dir(index_dir: Path) -> Path:
     return index_dir / CURRENT
 
 
-def read_manifest(index_dir: Path) -> dict | None:
-    """The live index's manifest, or None when there is no readable index."""
+def resolve_live(index_dir: Path) -> Path | None:
+    """The live version's folder, resolved once (``current`` may be a link or, in a copied index, a folder)."""
+    live = live_dir(index_dir)
     try:
-        manifest = json.loads((live_dir(index_dir) / MANIFEST).read_text(encoding="utf-8"))
+        if live.is_symlink():
+            return index_dir / os.readlink(live)
+        return live if live.is_dir() else None
+    except OSError:
+        return None
+
+
+def manifest_of(folder: Path | None) -> dict | None:
+    """A version folder's manifest, or None when it is missing or not a JSON object."""
+    if folder is None:
+        return None
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+def read_manifest(index_dir: Path) -> dict | None:
+    """The live index's manifest, or None when there is no readable index."""
+    return manifest_of(resolve_live(index_dir))
+
+
+def check_target(index_dir: Path) -> None:
+    """Refuse an index location that cannot hold an index, before any work is done."""
+    for folder in (index_dir, *index_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise RagError(f"索引位置不是文件夹：{folder} / the index location is not a folder: {folder}")
+        if folder.exists():
+            break
 
 
 def live_version(index_dir: Path) -> str | None:
@@ -58,18 +96,73 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 
 def publish(index_dir: Path, build_dir: Path, version: str) -> None:
-    """Make a completed build folder the live version, then remove older versions."""
+    """Make a completed build folder the live version (call with the writer lock held), then remove
+    what no reader can need any more: every version but this one and the one it replaces."""
     os.replace(build_dir, index_dir / version)
+    live = live_dir(index_dir)
+    previous = resolve_live(index_dir)
+    if live.is_dir() and not live.is_symlink():
+        # An index copied with `cp -rL`: the live version is a plain folder named "current".
+        previous = index_dir / f"v-copied-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        os.replace(live, previous)
     link = index_dir / f".current-{os.getpid()}"
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(version)
-    os.replace(link, index_dir / CURRENT)
-    _remove_stale_versions(index_dir, version)
+    os.replace(link, live)
+    clean_leftovers(index_dir, keep={version} | ({previous.name} if previous else set()))
 
 
-def _remove_stale_versions(index_dir: Path, keep: str) -> None:
+def clean_leftovers(index_dir: Path, keep: set[str]) -> list[str]:
+    """Remove interrupted builds, stray link files and versions not in ``keep`` (writer lock held);
+    returns what was removed."""
+    removed = []
     for entry in index_dir.iterdir():
-        if entry.is_dir() and not entry.is_symlink() and entry.name.startswith(("v-", ".build-")) \
-                and entry.name != keep:
+        if entry.name == CURRENT or entry.name in keep:
+            continue
+        if entry.name.startswith(".current-") and (entry.is_symlink() or entry.is_file()):
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+        elif entry.is_dir() and not entry.is_symlink() and entry.name.startswith(("v-", ".build-")):
             shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
+@contextmanager
+def writer_lock(index_dir: Path, log: Callable[[str], None] = lambda message: None) -> Iterator[None]:
+    """Hold the index's inter-process writer lock; a second writer waits for the first, saying so."""
+    check_target(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / LOCK, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("另一个进程正在建立此索引，等待它完成… / another build of this index is running; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def file_checksums(folder: Path) -> dict[str, dict]:
+    """Size and SHA-256 of every file of a version folder but its manifest, by relative path."""
+    return {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": sha256_of(path)}
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
+
+
+def file_problems(folder: Path, recorded: object, hashes: bool) -> list[str]:
+    """What does not match the manifest's file list: missing, resized or (with ``hashes``) changed files."""
+    if not isinstance(recorded, dict) or not recorded:
+        return ["清单中没有文件校验信息 / the manifest lists no file checksums"]
+    problems = []
+    for relative, expected in recorded.items():
+        path = folder / relative
+        if not path.is_file():
+            problems.append(f"缺少文件 / missing file: {relative}")
+        elif not isinstance(expected, dict) or path.stat().st_size != expected.get("size"):
+            problems.append(f"文件大小不符 / size differs: {relative}")
+        elif hashes and sha256_of(path) != expected.get("sha256"):
+            problems.append(f"文件内容已改变 / checksum differs: {relative}")
+    return problems

@@ -12,7 +12,8 @@ Layout (all text in Chinese):
   slider that apply to the next question and re-answer the last one when changed;
 * 引用查询 tab: a citation ID (``qa.cite``) or a quoted phrase (``qa.find``) shown in context;
 * 添加报告 tab: upload a .txt/.md/.pdf report, which is validated, copied into the corpus and
-  indexed incrementally by ``qa.add_report``.
+  indexed incrementally by ``qa.add_report``; a report of the same name is replaced only when
+  替换同名报告 is ticked.
 
 This module only formats and wires: every retrieval, answer, citation and ingest decision is
 made by ``ReportQA``. The one piece of state it keeps is per browser session (``gr.State``: the
@@ -35,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
-from .api import MAX_UPLOAD_BYTES, ReportQA, safe_file_name  # noqa: E402
+from .api import MAX_UPLOAD_BYTES, ReportExists, ReportQA, safe_file_name  # noqa: E402
 from .errors import RagError  # noqa: E402
 from .present import answer_html, answer_text, escape, lookup_html, notice_html  # noqa: E402
 from .results import AskResult  # noqa: E402
@@ -139,19 +140,22 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
     def status_markdown() -> str | None:
         return qa.index_status()
 
-    def ask_result(question: str, reports, top_k) -> AskResult:
-        """The API's answer, or an error result while the index is unusable."""
+    def ask_result(question: str, reports, top_k, asked: list[str] | None = None) -> AskResult:
+        """The API's answer (``asked``: the chat's earlier questions), or an error result while the index
+        is unusable."""
         status = status_markdown()
         if status:
-            return AskResult(query=question or "", error=status, answer=status, abstained=True)
+            return AskResult(query=question if isinstance(question, str) else "", error=status, answer=status,
+                             abstained=True)
         try:
-            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports))
+            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports), history=asked)
         except RagError as exc:
-            return AskResult(query=question or "", error=str(exc), answer=str(exc), abstained=True)
+            return AskResult(query=question if isinstance(question, str) else "", error=str(exc), answer=str(exc),
+                             abstained=True)
 
-    def render_answer(question: str, reports, top_k) -> str:
+    def render_answer(question: str, reports, top_k, asked: list[str] | None = None) -> str:
         try:
-            return answer_html(qa, ask_result(question, reports, top_k))
+            return answer_html(qa, ask_result(question, reports, top_k, asked))
         except Exception as exc:  # never let one question break the session
             log.exception("answering %r failed", question)
             return notice_html(f"内部错误，请重试 / internal error: {exc}")
@@ -174,17 +178,19 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         question = state.get("pending")
         if not question:
             return gr.skip(), gr.skip(), *unlock
-        history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k)}]
-        return history, {"last_question": question, "pending": None}, *unlock
+        asked = state.get("asked", [])
+        history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k, asked)}]
+        return history, {"last_question": question, "pending": None, "asked": [*asked, question]}, *unlock
 
     def on_example(event: gr.SelectData, history: list, state: dict, reports, top_k):
         value = event.value if isinstance(event.value, dict) else {"text": str(event.value)}
         question = (value.get("text") or "").strip()
         if not question or state.get("pending"):
             return gr.skip(), gr.skip()
+        asked = state.get("asked", [])
         history = [*history, {"role": "user", "content": escape(question)},
-                   {"role": "assistant", "content": render_answer(question, reports, top_k)}]
-        return history, {"last_question": question, "pending": None}
+                   {"role": "assistant", "content": render_answer(question, reports, top_k, asked)}]
+        return history, {"last_question": question, "pending": None, "asked": [*asked, question]}
 
     def on_filters_changed(history: list, state: dict, reports, top_k):
         # Re-answer the last question under the new filters (replacing its answer), if it is the last turn.
@@ -192,10 +198,12 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         if not question or state.get("pending") or not history or history[-1].get("role") != "assistant":
             return gr.skip()
         note = "<div class=\"rag-note\">（已按新的筛选条件重新回答）</div>"
-        return [*history[:-1], {"role": "assistant", "content": render_answer(question, reports, top_k) + note}]
+        earlier = state.get("asked", [])[:-1]
+        answer = render_answer(question, reports, top_k, earlier) + note
+        return [*history[:-1], {"role": "assistant", "content": answer}]
 
     def on_clear():
-        return [], {"last_question": None, "pending": None}
+        return [], {"last_question": None, "pending": None, "asked": []}
 
     def on_lookup(text: str) -> str:
         try:
@@ -214,14 +222,18 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
                 gr.update(visible=bool(status) and not qa.building),
                 reports_table(qa))
 
-    def on_add_report(file_path: str | None, selected, progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
+    def on_add_report(file_path: str | None, selected, replace: bool = False,
+                      progress=gr.Progress()):  # noqa: B008 (gradio's idiom)
         if not file_path:
             return ("请选择要上传的报告文件。", *refresh(selected))
         path = Path(file_path)  # gradio keeps the uploaded file's own (sanitised) name
         try:
             stored = safe_file_name(path.name)
-            report = qa.add_report(path, name=path.name,
+            report = qa.add_report(path, name=path.name, replace=bool(replace),
                                    progress=_progress_adapter(progress, "正在为新报告建立索引"))
+        except ReportExists as exc:
+            title = "未做更改" if exc.identical else "未添加"
+            return (f"**{title}**：{html.escape(str(exc))}", *refresh(selected))
         except RagError as exc:
             return (f"**添加失败**：{html.escape(str(exc))}", *refresh(selected))
         except Exception as exc:  # a broken file must not break the app or the index
@@ -248,17 +260,22 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         gr.Info(message)
         return refresh(selected)
 
-    def api_ask(question: str, top_k: int = DEFAULT_TOP_K, reports: list[str] | None = None) -> dict:
-        """Answer a question. Returns the ``rag ask --json`` object (``answer`` with [n] markers,
-        ``sources``, ``hits``, ``error``/``warning`` when set) plus ``text``, the plain-text rendering."""
-        result = ask_result(question, reports, top_k)
+    def api_ask(question: str, top_k: int = DEFAULT_TOP_K, reports: list[str] | None = None,
+                history: list[str] | None = None) -> dict:
+        """Answer a question (``history``: the chat's earlier questions, oldest first). Returns the
+        ``rag ask --json`` object (``answer`` with [n] markers, ``sources``, ``hits``,
+        ``error``/``warning``/``standalone`` when set) plus ``text``, the plain-text rendering."""
+        # JSON clients may send a number ("2023"); anything else that is not text gets an error result.
+        if isinstance(question, (int, float)) and not isinstance(question, bool):
+            question = str(question)
+        result = ask_result(question, reports, top_k, history)
         return {**result.to_json(), "text": answer_text(result)}
 
     # -- layout ---------------------------------------------------------------------------------
 
     initial_status = status_markdown()
     with gr.Blocks(title=TITLE, analytics_enabled=False, fill_width=False) as app:
-        state = gr.State({"last_question": None, "pending": None})
+        state = gr.State({"last_question": None, "pending": None, "asked": []})
         gr.Markdown(f"## {TITLE}\n用中文提问，答案中的句子均摘自报告原文，并以 [1] [2] 标注出处。")
         with gr.Row():
             status_md = gr.Markdown(f"⚠ {initial_status}" if initial_status else "", visible=bool(initial_status),
@@ -303,6 +320,9 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
                 gr.Markdown(f"上传 **.txt / .md / .pdf** 报告（不超过 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB）。"
                             "文件经检查后复制到语料目录，并增量更新索引；完成后即可检索，无需重启。")
                 upload = gr.File(label="报告文件", file_count="single", type="filepath", elem_id="rag-upload")
+                replace_box = gr.Checkbox(False, label="替换同名报告", elem_id="rag-upload-replace",
+                                          info="默认不覆盖已有报告；勾选后才替换，旧版本在新索引完成前"
+                                               "暂存于语料目录的 .replaced/ 中")
                 upload_status = gr.Markdown(elem_id="rag-upload-status")
                 with gr.Accordion("已索引的报告", open=True):
                     report_list = gr.Markdown(reports_table(qa))
@@ -324,7 +344,7 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         chatbot.clear(on_clear, None, [chatbot, state], queue=False, api_visibility="private")
         lookup_btn.click(on_lookup, [lookup_input], [lookup_out], api_name="lookup")
         lookup_input.submit(on_lookup, [lookup_input], [lookup_out], api_visibility="private")
-        upload.upload(on_add_report, [upload, report_filter], [upload_status, *refresh_outputs],
+        upload.upload(on_add_report, [upload, report_filter, replace_box], [upload_status, *refresh_outputs],
                       api_name="add_report", concurrency_limit=1, concurrency_id="index", show_progress_on=upload)
         build_btn.click(on_build, [report_filter], refresh_outputs, concurrency_limit=1, concurrency_id="index",
                         show_progress_on=status_md, api_visibility="private")

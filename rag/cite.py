@@ -119,7 +119,7 @@ def _exact_lines(original: Document, first: int, last: int) -> tuple[int, int]:
     """Canonical offsets of exactly raw lines first..last (without their final line break)."""
     line_starts = original.raw_line_starts
     if first > len(line_starts):
-        raise RagError(f"行号超出范围 / line range L{first}-L{last} is outside {original.source} "
+        raise NotFoundError(f"行号超出范围 / line range L{first}-L{last} is outside {original.source} "
                        f"({len(line_starts)} lines)")
     raw_start = line_starts[first - 1]
     raw_end = line_starts[last] if last < len(line_starts) else (original.origin[-1] + 1 if original.origin else 0)

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from . import fitted
 from .api import ReportQA, Settings
+from .boilerplate import boilerplate_map
 from .chunking import ChunkerSettings
 from .errors import RagError
 from .results import Answer, Hit, SearchResult
@@ -204,6 +205,67 @@ def numbers_in(text: str) -> set[str]:
     return set(_NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3})", "", fold(text))))
 
 
+MARKER = re.compile(r"\[(\d+)\]")
+
+
+def answer_sentences(answer: Answer) -> list[tuple[str, Hit | None]]:
+    """The quoted sentences of an extractive answer, each with the source its marker cites."""
+    parts, begin = [], 0
+    for match in MARKER.finditer(answer.text):
+        marker = int(match.group(1))
+        source = answer.sources[marker - 1] if 0 < marker <= len(answer.sources) else None
+        parts.append((answer.text[begin:match.start()].strip(), source))
+        begin = match.end()
+    return [(text, source) for text, source in parts if text]
+
+
+def is_boilerplate_sentence(sentence: str, source: Hit | None) -> bool:
+    """True when a quoted sentence lies in its report's boilerplate lines (``rag.boilerplate``)."""
+    if source is None:
+        return False
+    at = source.chunk.text.find(sentence)
+    if at < 0:
+        return False  # a table row is quoted with its column names and is not notice text
+    begin = source.chunk.start + at
+    return boilerplate_map(source.document.text).covers(begin, begin + len(sentence))
+
+
+def key_terms(reference: str, question: str, qa: ReportQA) -> set[str]:
+    """Words of a reference answer that the question does not already say (two characters or more)."""
+    asked = fold(question).replace(" ", "")
+    words = {fold(t).replace(" ", "") for t in qa.store.tokenizer.tokens(reference)}
+    return {w for w in words if len(w) >= 2 and not w.isdigit() and w not in asked and re.search(r"\w", w)}
+
+
+def answer_quality(answer: Answer, question: Question, qa: ReportQA) -> dict[str, float]:
+    """Per-question answer measures (a key is missing where the measure does not apply).
+
+    * ``states_numbers`` — share of the reference answer's numbers written in the answer;
+    * ``number_precision`` — share of the answer's numbers that belong to the reference answer or its evidence;
+    * ``lead_correct`` — the first sentence states a reference number or a key term of the reference answer
+      (0 when the answer abstained);
+    * ``boilerplate_share`` — share of the answer's sentences that are report boilerplate.
+    """
+    measures: dict[str, float] = {}
+    sentences = [] if answer.abstained else answer_sentences(answer)
+    text = " ".join(sentence for sentence, _ in sentences)
+    wanted = numbers_in(question.answer)
+    if wanted:
+        measures["states_numbers"] = len(wanted & numbers_in(text)) / len(wanted)
+    stated = numbers_in(text)
+    if stated:
+        allowed = numbers_in(" ".join([question.answer, *question.evidence]))
+        measures["number_precision"] = len(stated & allowed) / len(stated)
+    terms = key_terms(question.answer, question.question, qa)
+    if wanted or terms:
+        lead = fold(sentences[0][0]).replace(" ", "") if sentences else ""
+        measures["lead_correct"] = float(bool(lead) and (bool(wanted & numbers_in(lead))
+                                                          or any(t in lead for t in terms)))
+    if sentences:
+        measures["boilerplate_share"] = _mean([float(is_boilerplate_sentence(s, h)) for s, h in sentences])
+    return measures
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile (``fraction`` in 0..1); 0 for no values."""
     if not values:
@@ -224,7 +286,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     cautioned: dict[str, bool] = {}
     best_signals: dict[str, list[Hit]] = {}
     answer_cites: dict[str, float] = {}
-    answer_numbers: dict[str, float] = {}
+    quality: dict[str, list[float]] = {}
     answer_lengths: list[float] = []
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
     config.qa.encoder.clear()
@@ -246,10 +308,13 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
             relevant = dict(runs[question.id])
             answer_cites[question.id] = float(any(relevant[h.citation] for h in answer.sources))
             if not answer.abstained:
-                answer_lengths.append(float(len(re.sub(r"\[\d+\]", "", answer.text))))
-            wanted = numbers_in(question.answer)
-            if wanted:
-                answer_numbers[question.id] = len(wanted & numbers_in(answer.text)) / len(wanted)
+                answer_lengths.append(float(len(MARKER.sub("", answer.text))))
+            for name, value in answer_quality(answer, question, config.qa).items():
+                quality.setdefault(name, []).append(value)
+        elif not answer.abstained:
+            for name, value in answer_quality(answer, question, config.qa).items():
+                if name == "boilerplate_share":
+                    quality.setdefault(name, []).append(value)
     per_question = _ranx_scores(runs)
     answerable = [q for q in questions if q.answerable]
     unanswerable = [q for q in questions if not q.answerable]
@@ -274,7 +339,10 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     # The extractive answer `rag ask` would give: does it cite a relevant passage, and does its text
     # state the numbers of the reference answer?
     result.metrics["answer_cites_relevant"] = _mean(list(answer_cites.values()))
-    result.metrics["answer_states_numbers"] = _mean(list(answer_numbers.values()))
+    result.metrics["answer_states_numbers"] = _mean(quality.get("states_numbers", []))
+    result.metrics["answer_number_precision"] = _mean(quality.get("number_precision", []))
+    result.metrics["answer_lead_correct"] = _mean(quality.get("lead_correct", []))
+    result.metrics["answer_boilerplate"] = _mean(quality.get("boilerplate_share", []))
     result.metrics["answer_chars"] = _mean(answer_lengths)
     # The softer level: answered, but with the caution note (rag.answer.CAUTION).
     result.metrics["abstain_or_caution"] = (_mean([float(abstained[q.id] or cautioned[q.id]) for q in unanswerable])
@@ -395,11 +463,18 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
     lines += ["", "## Extractive answers (what `rag ask` would reply)", "",
               "Cites a relevant passage: share of answerable questions whose answer cites at least one passage "
               "that contains the evidence. States the numbers: over answerable questions whose reference answer "
-              "has numbers, the share of those numbers written in the answer text.", "",
-              _row(["config", "cites a relevant passage", "states the reference numbers", "answer chars"]),
-              _row(["---"] * 4)]
-    lines += [_row([r.name, f"{r.metrics.get('answer_cites_relevant', 0):.3f}",
-                    f"{r.metrics.get('answer_states_numbers', 0):.3f}", f"{r.metrics.get('answer_chars', 0):.0f}"])
+              "has numbers, the share of those numbers written in the answer text. Number precision: over "
+              "answers that write numbers, the share of them that belong to the reference answer or its evidence. "
+              "Lead correct: share of answerable questions whose first answer sentence states a reference number "
+              "or a key term of the reference answer (a refusal counts as wrong). Boilerplate: share of the "
+              "answer sentences (all questions answered) that are report boilerplate (`rag.boilerplate`).", "",
+              _row(["config", "cites a relevant passage", "states the reference numbers", "number precision",
+                    "lead correct", "boilerplate sentences", "answer chars"]),
+              _row(["---"] * 7)]
+    lines += [_row([r.name] + [f"{r.metrics.get(k, 0):.3f}" for k in
+                               ("answer_cites_relevant", "answer_states_numbers", "answer_number_precision",
+                                "answer_lead_correct", "answer_boilerplate")]
+                   + [f"{r.metrics.get('answer_chars', 0):.0f}"])
               for r in results]
     lines += ["", "## Uncertainty (95% bootstrap over the answerable questions)", "",
               "A split of a few dozen questions moves MRR by a few hundredths when one question moves; "

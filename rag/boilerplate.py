@@ -13,7 +13,9 @@ own text, so the label is a pure function of the stored document and every store
 
 Retrieval moves passages that are mostly boilerplate below the others, and answers skip
 boilerplate sentences, unless the question is itself about such text (``asks_about_boilerplate``:
-what a rating means, who the analyst is, where a figure comes from).
+what a rating means, who the analyst is, where a figure comes from) or the boilerplate matches the
+question's terms better than anything else does (boilerplate loses ties; the issuing broker's own
+name does not count, since every notice carries it).
 """
 
 from __future__ import annotations
@@ -126,6 +128,19 @@ def boilerplate_map(text: str) -> BoilerplateMap:
 def passage_share(chunk: StoredChunk, document: StoredDocument) -> float:
     """Share of a passage's characters that are boilerplate."""
     return boilerplate_map(document.text).share(chunk.start, chunk.end)
+
+
+ISSUER_SUFFIX = re.compile(r"(?:证券|研究所|研究院|股份有限公司|有限公司|集团)+$")
+
+
+def without_issuer(folded: str, document: StoredDocument) -> str:
+    """Folded, space-free text with the issuing institution's name taken out: every notice names its
+    broker, so the name says nothing about whether a notice line is what a question asks."""
+    name = fold(document.info.institution).replace(" ", "")
+    for form in {name, ISSUER_SUFFIX.sub("", name)}:
+        if len(form) >= 2:
+            folded = folded.replace(form, "")
+    return folded
 
 
 def asks_about_boilerplate(question: str) -> bool:

@@ -30,7 +30,7 @@ from .api import ReportQA, Settings
 from .boilerplate import boilerplate_map
 from .chunking import ChunkerSettings
 from .errors import RagError
-from .results import Answer, Hit, SearchResult
+from .results import Answer, Hit
 from .textnorm import fold, squeeze
 
 TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
@@ -241,7 +241,8 @@ def answer_quality(answer: Answer, question: Question, qa: ReportQA) -> dict[str
     """Per-question answer measures (a key is missing where the measure does not apply).
 
     * ``states_numbers`` — share of the reference answer's numbers written in the answer;
-    * ``number_precision`` — share of the answer's numbers that belong to the reference answer or its evidence;
+    * ``number_precision`` — share of the answer's numbers that belong to the reference answer or its evidence
+      (or to the question);
     * ``lead_correct`` — the first sentence states a reference number or a key term of the reference answer
       (0 when the answer abstained);
     * ``boilerplate_share`` — share of the answer's sentences that are report boilerplate.
@@ -254,7 +255,8 @@ def answer_quality(answer: Answer, question: Question, qa: ReportQA) -> dict[str
         measures["states_numbers"] = len(wanted & numbers_in(text)) / len(wanted)
     stated = numbers_in(text)
     if stated:
-        allowed = numbers_in(" ".join([question.answer, *question.evidence]))
+        # A number the question itself writes (GPT-3, 2023年) names what was asked; it is not a stray figure.
+        allowed = numbers_in(" ".join([question.question, question.answer, *question.evidence]))
         measures["number_precision"] = len(stated & allowed) / len(stated)
     terms = key_terms(question.answer, question.question, qa)
     if wanted or terms:
@@ -264,6 +266,30 @@ def answer_quality(answer: Answer, question: Question, qa: ReportQA) -> dict[str
     if sentences:
         measures["boilerplate_share"] = _mean([float(is_boilerplate_sentence(s, h)) for s, h in sentences])
     return measures
+
+
+def answer_metrics(questions: list[Question], answers: dict[str, Answer], runs: dict[str, list[tuple[str, bool]]],
+                   qa: ReportQA) -> dict[str, float]:
+    """The answer columns of the report from each question's answer and its judged ranking (``runs``)."""
+    cites: list[float] = []
+    lengths: list[float] = []
+    quality: dict[str, list[float]] = {}
+    for question in questions:
+        answer = answers[question.id]
+        measures = answer_quality(answer, question, qa)
+        if question.answerable:
+            relevant = dict(runs[question.id])
+            cites.append(float(any(relevant.get(h.citation, False) for h in answer.sources)))
+            if not answer.abstained:
+                lengths.append(float(len(MARKER.sub("", answer.text))))
+        else:  # only how much boilerplate an answer quotes applies to an unanswerable question
+            measures = {k: v for k, v in measures.items() if k == "boilerplate_share"}
+        for name, value in measures.items():
+            quality.setdefault(name, []).append(value)
+    return {"answer_cites_relevant": _mean(cites), "answer_states_numbers": _mean(quality.get("states_numbers", [])),
+            "answer_number_precision": _mean(quality.get("number_precision", [])),
+            "answer_lead_correct": _mean(quality.get("lead_correct", [])),
+            "answer_boilerplate": _mean(quality.get("boilerplate_share", [])), "answer_chars": _mean(lengths)}
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -285,9 +311,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     probabilities: dict[str, float | None] = {}
     cautioned: dict[str, bool] = {}
     best_signals: dict[str, list[Hit]] = {}
-    answer_cites: dict[str, float] = {}
-    quality: dict[str, list[float]] = {}
-    answer_lengths: list[float] = []
+    answers: dict[str, Answer] = {}
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
     config.qa.encoder.clear()
     for question in questions:
@@ -304,17 +328,8 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         cautioned[question.id] = answer.caution
         passage_lengths.extend(len(h.chunk.text) for h in hits[:5])
         if question.answerable:
-            runs[question.id] = [(h.citation, _relevant_hit(h, question, config.qa)) for h in hits]
-            relevant = dict(runs[question.id])
-            answer_cites[question.id] = float(any(relevant[h.citation] for h in answer.sources))
-            if not answer.abstained:
-                answer_lengths.append(float(len(MARKER.sub("", answer.text))))
-            for name, value in answer_quality(answer, question, config.qa).items():
-                quality.setdefault(name, []).append(value)
-        elif not answer.abstained:
-            for name, value in answer_quality(answer, question, config.qa).items():
-                if name == "boilerplate_share":
-                    quality.setdefault(name, []).append(value)
+            runs[question.id] = judged(hits, question, config.qa)
+        answers[question.id] = answer
     per_question = _ranx_scores(runs)
     answerable = [q for q in questions if q.answerable]
     unanswerable = [q for q in questions if not q.answerable]
@@ -338,12 +353,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     result.metrics["false_abstain"] = _mean([float(abstained[q.id]) for q in answerable])
     # The extractive answer `rag ask` would give: does it cite a relevant passage, and does its text
     # state the numbers of the reference answer?
-    result.metrics["answer_cites_relevant"] = _mean(list(answer_cites.values()))
-    result.metrics["answer_states_numbers"] = _mean(quality.get("states_numbers", []))
-    result.metrics["answer_number_precision"] = _mean(quality.get("number_precision", []))
-    result.metrics["answer_lead_correct"] = _mean(quality.get("lead_correct", []))
-    result.metrics["answer_boilerplate"] = _mean(quality.get("boilerplate_share", []))
-    result.metrics["answer_chars"] = _mean(answer_lengths)
+    result.metrics.update(answer_metrics(questions, answers, runs, config.qa))
     # The softer level: answered, but with the caution note (rag.answer.CAUTION).
     result.metrics["abstain_or_caution"] = (_mean([float(abstained[q.id] or cautioned[q.id]) for q in unanswerable])
                                             if unanswerable else 0.0)
@@ -464,7 +474,8 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
               "Cites a relevant passage: share of answerable questions whose answer cites at least one passage "
               "that contains the evidence. States the numbers: over answerable questions whose reference answer "
               "has numbers, the share of those numbers written in the answer text. Number precision: over "
-              "answers that write numbers, the share of them that belong to the reference answer or its evidence. "
+              "answers that write numbers, the share of them that belong to the reference answer or its evidence "
+              "(or the question: GPT-3). "
               "Lead correct: share of answerable questions whose first answer sentence states a reference number "
               "or a key term of the reference answer (a refusal counts as wrong). Boilerplate: share of the "
               "answer sentences (all questions answered) that are report boilerplate (`rag.boilerplate`).", "",
@@ -586,8 +597,9 @@ FOLLOWUP_RUNS = ("first turns", "follow-ups as typed", "follow-ups rewritten fro
                  "follow-ups as written standalone (reference)")
 
 
-def _judged(found: SearchResult, question: Question, qa: ReportQA) -> list[tuple[str, bool]]:
-    return [(h.citation, _relevant_hit(h, question, qa)) for h in found.hits]
+def judged(hits: list[Hit], question: Question, qa: ReportQA) -> list[tuple[str, bool]]:
+    """Each hit's citation with whether it is relevant to ``question`` (the run ranx scores)."""
+    return [(h.citation, _relevant_hit(h, question, qa)) for h in hits]
 
 
 def evaluate_conversations(qa: ReportQA, conversations: list[Conversation], depth: int = 10) -> dict[str, dict]:
@@ -600,14 +612,14 @@ def evaluate_conversations(qa: ReportQA, conversations: list[Conversation], dept
             asked = [t.question for t in conversation.turns[:position]]
 
             if position == 0:
-                runs[FOLLOWUP_RUNS[0]][turn.id] = _judged(qa.search(turn.question, top_k=depth), turn, qa)
+                runs[FOLLOWUP_RUNS[0]][turn.id] = judged(qa.search(turn.question, top_k=depth).hits, turn, qa)
                 continue
-            runs[FOLLOWUP_RUNS[1]][turn.id] = _judged(qa.search(turn.question, top_k=depth), turn, qa)
+            runs[FOLLOWUP_RUNS[1]][turn.id] = judged(qa.search(turn.question, top_k=depth).hits, turn, qa)
             rewritten = qa.search(turn.question, top_k=depth, history=asked)
-            runs[FOLLOWUP_RUNS[2]][turn.id] = _judged(rewritten, turn, qa)
+            runs[FOLLOWUP_RUNS[2]][turn.id] = judged(rewritten.hits, turn, qa)
             reference = conversation.standalone[position]
             exact.append(float(squeeze(rewritten.standalone or turn.question) == squeeze(reference)))
-            runs[FOLLOWUP_RUNS[3]][turn.id] = _judged(qa.search(reference, top_k=depth), turn, qa)
+            runs[FOLLOWUP_RUNS[3]][turn.id] = judged(qa.search(reference, top_k=depth).hits, turn, qa)
     results = {}
     for name, run in runs.items():
         scores = _ranx_scores(run)

@@ -78,6 +78,7 @@ class Hit:
 
     ``sentence_similarities`` maps each of the passage's sentences that has a vector (whitespace
     removed) to its cosine with the question; empty when the search did not embed the question.
+    ``boilerplate`` marks a passage that is mostly legal or furniture text (``rag.boilerplate``).
     """
 
     rank: int
@@ -89,6 +90,7 @@ class Hit:
     sentence_score: float | None = None
     coverage: float = 0.0
     also_in: list[str] = field(default_factory=list)
+    boilerplate: bool = False
     sentence_similarities: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property

@@ -7,9 +7,11 @@ from conftest import CORPUS
 
 from rag.answer import AnswerSettings, compose_answer
 from rag.boilerplate import asks_about_boilerplate, boilerplate_map
+from rag.evaluate import Question, answer_quality, numbers_in
 from rag.query import analyse
-from rag.results import Hit
+from rag.results import Answer, Hit
 from rag.store import Store
+from rag.tables import quote_row
 
 ZHESHANG = "001_79922efeaeca942f.txt"
 TIANFENG = "002_f3649e5dfb89d976.txt"
@@ -123,3 +125,42 @@ def notice_ids(store: Store) -> set[int]:
     """Ids of the passages that are mostly boilerplate."""
     return {c.id for source in store.documents for c in store.chunks_of(source)
             if boilerplate_map(store.documents[source].text).covers(c.start, c.end)}
+
+
+def test_the_sentence_stating_the_number_leads(tiny_qa):
+    store = tiny_qa.store
+    survey = _passage_with(store, TIANFENG, "7.39万元")
+    query = analyse("企业平均的GPU和TPU单价成本是多少元？", store)
+    answer = compose_answer(query, [_hit(store, 1, survey)], AnswerSettings())
+    lead = answer.text.split("[1]")[0]
+    assert "7.39万元" in lead
+
+
+def test_a_table_row_quotes_only_the_columns_the_question_names():
+    header, row = "\tGPT-1\tGPT-2\tGPT-3", "参数量\t1.17亿\t15亿\t1750亿"
+    assert quote_row(header, row) == "参数量（GPT-1：1.17亿；GPT-2：15亿；GPT-3：1750亿）"
+    asked = quote_row(header, row, asked=lambda name: name == "GPT-3")
+    assert asked == "参数量（GPT-3：1750亿）"
+    # A question naming no column gets the whole row.
+    assert quote_row(header, row, asked=lambda name: False) == quote_row(header, row)
+
+
+def test_answer_quality_measures_precision_lead_and_boilerplate(tiny_qa):
+    store = tiny_qa.store
+    survey = _passage_with(store, TIANFENG, "7.39万元")
+    notice = _passage_with(store, ZHESHANG, "本报告由浙商证券股份有限公司")
+    hit, notice_hit = _hit(store, 1, survey), _hit(store, 2, notice)
+    sentence = next(s for s in store.chunk(survey).text.replace("\n", "。").split("。") if "7.39" in s)
+    notice_sentence = next(s for s in store.chunk(notice).text.split("。") if "本报告由" in s)
+    question = Question("x", "企业平均的GPU和TPU单价成本是多少元？", evidence=[sentence], docs=[TIANFENG],
+                        type="numeric", answer="GPU 7.39万元，TPU 2.29万元")
+    led = Answer(f"{sentence}[1]{notice_sentence}[2]", False, [hit, notice_hit])
+    measures = answer_quality(led, question, tiny_qa)
+    assert measures["lead_correct"] == 1.0
+    assert measures["boilerplate_share"] == 0.5
+    stray = numbers_in(notice_sentence) - numbers_in(" ".join([question.question, question.answer, sentence]))
+    stated = numbers_in(sentence + notice_sentence)
+    assert measures["number_precision"] == (len(stated) - len(stray)) / len(stated)
+    buried = Answer(f"{notice_sentence}[1]{sentence}[2]", False, [notice_hit, hit])
+    assert answer_quality(buried, question, tiny_qa)["lead_correct"] == 0.0
+    assert "lead_correct" in answer_quality(Answer("在报告中未找到相关内容", True, []), question, tiny_qa)

@@ -26,7 +26,6 @@ from .tables import quote_row
 from .textnorm import fold, squeeze
 
 NOT_FOUND = "在报告中未找到相关内容"
-DIGIT = re.compile(r"\d")
 # A sentence must say this many characters beyond the question's own words ("行业评级：看好" says 看好).
 MIN_NEW_CHARS = 2
 CAUTION = "提示：报告中可能没有直接回答这个问题的内容，以下摘录仅供参考，请核对引文。"
@@ -59,8 +58,7 @@ class AbstentionSettings:
 class AnswerSettings:
     """How an answer is composed: when to abstain, how many sentences, how much their cosine counts.
 
-    ``sentences`` (at most), ``similarity_weight``, ``number_weight`` (what a number counts for in a
-    sentence when the question asks for a quantity) and ``follow_ratio`` (a sentence after the first is
+    ``sentences`` (at most), ``similarity_weight`` and ``follow_ratio`` (a sentence after the first is
     quoted only when its score reaches this share of the first one's: a clear answer comes alone) are
     fitted values (``python eval/tune.py answers``).
     """
@@ -68,7 +66,6 @@ class AnswerSettings:
     abstention: AbstentionSettings = field(default_factory=AbstentionSettings)
     sentences: int = field(default_factory=lambda: fitted.values("answer")["sentences"])
     similarity_weight: float = field(default_factory=lambda: fitted.values("answer")["similarity_weight"])
-    number_weight: float = field(default_factory=lambda: fitted.values("answer").get("number_weight", 0.0))
     follow_ratio: float = field(default_factory=lambda: fitted.values("answer").get("follow_ratio", 0.0))
 
 
@@ -158,7 +155,6 @@ def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | Non
             continue
         score = (query.coverage(fold_key(unit.scored_as))
                  + settings.similarity_weight * hit.sentence_similarities.get(key, 0.0)
-                 + settings.number_weight * (query.asks_quantity and bool(DIGIT.search(unit.text)))
                  - 0.1 * position - 0.001 * order)
         candidates.append((score, position, order, unit.quoted))
     if not candidates:

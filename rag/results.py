@@ -24,7 +24,7 @@ CLOSEST_AFTER_REFUSAL = 3
 class HitJSON(TypedDict):
     """One retrieved passage: its citation ID, report, canonical offsets (``start``/``end``), original
     ``lines`` and PDF ``page``, the passage ``text`` and its fused ``score``; ``also_in`` lists the same
-    passage in near-duplicate reports."""
+    passage in near-duplicate reports; ``boilerplate`` marks legal or furniture text (disclaimers, contacts)."""
 
     rank: int
     citation: str
@@ -40,6 +40,7 @@ class HitJSON(TypedDict):
     lines: list[int]
     page: int | None
     also_in: list[str]
+    boilerplate: bool
 
 
 class SourceJSON(TypedDict):
@@ -106,7 +107,7 @@ class Hit:
             "end": self.chunk.end, "text": self.chunk.text, "score": round(float(self.score), 6),
             "label": self.document.label, "heading": self.chunk.heading,
             "table_header": self.chunk.table_header, "lines": [self.chunk.line_start, self.chunk.line_end],
-            "page": self.chunk.page, "also_in": self.also_in,
+            "page": self.chunk.page, "also_in": self.also_in, "boilerplate": self.boilerplate,
         }
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import fitted
 from .answerability import AnswerabilityModel, features
-from .boilerplate import boilerplate_map, without_issuer
+from .boilerplate import boilerplate_map, share_beyond_issuer
 from .chunking import sentence_spans
 from .query import Query, fold_key
 from .results import Answer, Hit, has_dense_scores
@@ -144,7 +144,7 @@ def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | Non
                 continue  # overlapping passages share sentences; quote each once, from the better hit
             seen.add(key)
             notice = notices.covers(hit.chunk.start + unit.start, hit.chunk.start + unit.end)
-            share = query.weighted_share(without_issuer(fold_key(unit.scored_as), hit.document))
+            share = share_beyond_issuer(query, fold_key(unit.scored_as), hit.document)
             units.append((position, order, hit, unit, key, notice, share))
     # Legal notices, contact blocks and source lines are not what was asked, unless the question is
     # about them or such a line matches it better than any other sentence does (boilerplate loses ties).

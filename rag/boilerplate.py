@@ -25,9 +25,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from .records import StoredChunk, StoredDocument
 from .textnorm import fold
+
+if TYPE_CHECKING:  # rag.query asks this module whether a question is about boilerplate
+    from .query import Query
 
 # The notice zone starts at one of these headings, in the closing share of the report.
 NOTICE_HEADING = re.compile(
@@ -55,7 +59,7 @@ REPEATED_LINE_MIN_CHARS = 12
 PASSAGE_SHARE = 0.5
 # Words that make a question about boilerplate itself.
 ABOUT_BOILERPLATE = re.compile(
-    r"免责|声明|评级(?:标准|说明|定义|体系|含义|意味|是什么意思)|什么意思|分析师|研究员|证书|执业|联系|电话|"
+    r"免责|声明|评级(?:标准|说明|定义|体系|含义|意味|是什么意思)|什么意思|分析师|研究员|作者|证书|执业|联系|电话|"
     r"邮箱|地址|来源|出处|版权|披露|法律")
 
 
@@ -76,6 +80,17 @@ class BoilerplateMap:
             covered += min(end, self.ends[index]) - max(start, self.starts[index])
             index += 1
         return covered / (end - start)
+
+    def plain_text(self, text: str, start: int, end: int) -> str:
+        """The characters of ``text[start:end]`` outside boilerplate lines (a newline where a line was cut)."""
+        parts, position = [], start
+        index = bisect.bisect_right(self.ends, start)
+        while index < len(self.starts) and self.starts[index] < end:
+            parts.append(text[position:max(position, self.starts[index])])
+            position = max(position, self.ends[index])
+            index += 1
+        parts.append(text[position:end] if position < end else "")
+        return "\n".join(parts)
 
     def covers(self, start: int, end: int) -> bool:
         """True when most of ``[start, end)`` is boilerplate (a sentence or table row inside such a line)."""
@@ -130,17 +145,29 @@ def passage_share(chunk: StoredChunk, document: StoredDocument) -> float:
     return boilerplate_map(document.text).share(chunk.start, chunk.end)
 
 
+def passage_plain_text(chunk: StoredChunk, document: StoredDocument) -> str:
+    """What a passage says outside boilerplate lines (a risk list just before the disclaimer, say)."""
+    return boilerplate_map(document.text).plain_text(document.text, chunk.start, chunk.end)
+
+
 ISSUER_SUFFIX = re.compile(r"(?:证券|研究所|研究院|股份有限公司|有限公司|集团)+$")
 
 
-def without_issuer(folded: str, document: StoredDocument) -> str:
-    """Folded, space-free text with the issuing institution's name taken out: every notice names its
-    broker, so the name says nothing about whether a notice line is what a question asks."""
+def _issuer_forms(document: StoredDocument) -> set[str]:
     name = fold(document.info.institution).replace(" ", "")
-    for form in {name, ISSUER_SUFFIX.sub("", name)}:
-        if len(form) >= 2:
-            folded = folded.replace(form, "")
-    return folded
+    return {form for form in {name, ISSUER_SUFFIX.sub("", name)} if len(form) >= 2}
+
+
+def share_beyond_issuer(query: Query, folded: str, document: StoredDocument) -> float:
+    """The question's IDF-weighted term share in ``folded`` (folded, space-free text), with the issuing
+    institution left out on both sides: every notice names its broker, so a question that names the broker
+    (浙商证券, and so 浙商 and 证券) says nothing about whether a notice line is what it asks."""
+    forms = _issuer_forms(document)
+    for form in forms:
+        folded = folded.replace(form, "")
+    weights = {term: weight for term, weight in query.weights.items() if not any(term in form for form in forms)}
+    total = sum(weights.values())
+    return sum(weight for term, weight in weights.items() if term in folded) / total if total else 0.0
 
 
 def asks_about_boilerplate(question: str) -> bool:

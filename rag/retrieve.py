@@ -16,11 +16,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from .boilerplate import PASSAGE_SHARE, passage_share, without_issuer
+from .boilerplate import PASSAGE_SHARE, passage_plain_text, passage_share, share_beyond_issuer
 from .dedup import collapse_copies, grams, passage_key
 from .embed import QueryEncoder
 from .fusion import FusionSettings, fuse
-from .query import Query
+from .query import Query, fold_key
 from .records import StoredChunk, unit_sentences
 from .rerank import Reranker, rerank
 from .results import Hit
@@ -72,13 +72,20 @@ class Retriever:
 
     def boilerplate_last(self, query: Query, ranked: list[Candidate]) -> list[Candidate]:
         """The same candidates with boilerplate passages (``rag.boilerplate``) moved below all others, in
-        order; a boilerplate passage that covers the question's terms (IDF-weighted) better than every
-        other candidate keeps its place: it is what the question is about (boilerplate loses ties)."""
-        flags = [self._is_boilerplate(c.chunk) for c in ranked]
-        shares = [query.weighted_share(without_issuer(self._folded(c.chunk.id), self.store.documents[c.chunk.source]))
-                  for c in ranked]
-        best_plain = max((share for share, flag in zip(shares, flags, strict=True) if not flag), default=0.0)
-        demoted = [flag and share <= best_plain for flag, share in zip(flags, shares, strict=True)]
+        order. A boilerplate passage keeps its place when its match with the question does not come from
+        its boilerplate lines (a risk list that shares a passage with the disclaimer), or when it covers the
+        question's terms (IDF-weighted) better than every other candidate: then it is what the question is
+        about (boilerplate loses ties)."""
+        shares, demotable = [], []
+        for c in ranked:
+            document = self.store.documents[c.chunk.source]
+            share = share_beyond_issuer(query, self._folded(c.chunk.id), document)
+            shares.append(share)
+            plain = fold_key(c.chunk.table_header + passage_plain_text(c.chunk, document))
+            demotable.append(self._is_boilerplate(c.chunk)
+                             and share_beyond_issuer(query, plain, document) < share)
+        best_plain = max((share for share, flag in zip(shares, demotable, strict=True) if not flag), default=0.0)
+        demoted = [flag and share <= best_plain for flag, share in zip(demotable, shares, strict=True)]
         return ([c for c, down in zip(ranked, demoted, strict=True) if not down]
                 + [c for c, down in zip(ranked, demoted, strict=True) if down])
 

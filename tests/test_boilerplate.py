@@ -6,7 +6,7 @@ from __future__ import annotations
 from conftest import CORPUS
 
 from rag.answer import AnswerSettings, compose_answer
-from rag.boilerplate import asks_about_boilerplate, boilerplate_map
+from rag.boilerplate import BoilerplateMap, asks_about_boilerplate, boilerplate_map
 from rag.evaluate import Question, answer_quality, numbers_in
 from rag.query import analyse
 from rag.results import Answer, Hit
@@ -61,6 +61,7 @@ def test_the_share_of_a_span_counts_only_its_boilerplate_characters():
 def test_questions_about_notices_are_recognised():
     assert asks_about_boilerplate("浙商证券的行业评级标准是什么？")
     assert asks_about_boilerplate("这份报告的分析师是谁？")
+    assert asks_about_boilerplate("这份报告的作者有哪些？")
     assert not asks_about_boilerplate("GPT-3 的参数量是多少？")
 
 
@@ -164,3 +165,20 @@ def test_answer_quality_measures_precision_lead_and_boilerplate(tiny_qa):
     buried = Answer(f"{notice_sentence}[1]{sentence}[2]", False, [notice_hit, hit])
     assert answer_quality(buried, question, tiny_qa)["lead_correct"] == 0.0
     assert "lead_correct" in answer_quality(Answer("在报告中未找到相关内容", True, []), question, tiny_qa)
+
+
+def test_a_passage_matching_by_its_plain_lines_is_not_demoted(tiny_qa):
+    # The risk list shares a passage with the rating definitions: the match is the risk line, not boilerplate.
+    query = tiny_qa.analyse("AIGC有哪些版权和伦理方面的风险？")
+    ranked = tiny_qa.retriever.ranking(query, mode="bm25")
+    risk = next(i for i, c in enumerate(ranked[:10]) if "版权、伦理和监管风险" in c.chunk.text)
+    assert tiny_qa.retriever._is_boilerplate(ranked[risk].chunk)  # mostly rating definitions by length
+    reordered = tiny_qa.retriever.boilerplate_last(query, ranked)
+    assert reordered.index(ranked[risk]) == risk
+
+
+def test_plain_text_leaves_out_boilerplate_lines():
+    notices = BoilerplateMap((5, 20), (10, 25))
+    text = "0123456789" * 3
+    assert notices.plain_text(text, 0, 30) == "01234\n0123456789\n56789"
+    assert notices.plain_text(text, 6, 9) == "\n"

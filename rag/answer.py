@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from . import fitted
 from .answerability import AnswerabilityModel, features
+from .boilerplate import boilerplate_map, share_beyond_issuer
 from .chunking import sentence_spans
 from .query import Query, fold_key
 from .results import Answer, Hit, has_dense_scores
@@ -25,10 +26,14 @@ from .tables import quote_row
 from .textnorm import fold, squeeze
 
 NOT_FOUND = "在报告中未找到相关内容"
+# A sentence must say this many characters beyond the question's own words ("行业评级：看好" says 看好).
+MIN_NEW_CHARS = 2
 CAUTION = "提示：报告中可能没有直接回答这个问题的内容，以下摘录仅供参考，请核对引文。"
 # A refusal can be wrong (about 4% of answerable dev questions are refused); the passages that came
 # closest are listed under it so the reader can judge for themselves.
 CLOSEST_TITLE = "最接近的段落（未必回答了这个问题，供核对）："
+# A survey's question ("Q：据您了解，……是多少元？") or any sentence asking something is not an answer.
+QUESTION_LINE = re.compile(r"^\s*(?:Q\d*|问(?:题)?\d*)\s*[:：.、]|[？?]\s*$")
 
 
 @dataclass
@@ -53,12 +58,15 @@ class AbstentionSettings:
 class AnswerSettings:
     """How an answer is composed: when to abstain, how many sentences, how much their cosine counts.
 
-    ``sentences`` and ``similarity_weight`` are fitted values (``python eval/tune.py answers``).
+    ``sentences`` (at most), ``similarity_weight`` and ``follow_ratio`` (a sentence after the first is
+    quoted only when its score reaches this share of the first one's: a clear answer comes alone) are
+    fitted values (``python eval/tune.py answers``).
     """
 
     abstention: AbstentionSettings = field(default_factory=AbstentionSettings)
     sentences: int = field(default_factory=lambda: fitted.values("answer")["sentences"])
     similarity_weight: float = field(default_factory=lambda: fitted.values("answer")["similarity_weight"])
+    follow_ratio: float = field(default_factory=lambda: fitted.values("answer").get("follow_ratio", 0.0))
 
 
 def unanswerable_probability(query: Query, hits: list[Hit], settings: AbstentionSettings) -> float | None:
@@ -79,23 +87,36 @@ def refuses(probability: float | None, hits: list[Hit], settings: AbstentionSett
 
 @dataclass
 class AnswerUnit:
-    """A sentence or table row of a passage: its text, how it is quoted, and the text it is scored as."""
+    """A sentence or table row of a passage: its text, how it is quoted, the text it is scored as, and
+    where it lies in the passage (``start``/``end``, character offsets)."""
 
     text: str
     quoted: str
     scored_as: str
+    start: int
+    end: int
 
 
-def _answer_units(hit: Hit) -> list[AnswerUnit]:
+def _answer_units(hit: Hit, query: Query) -> list[AnswerUnit]:
     """Sentences, or table rows scored with their header and quoted with their column names."""
     text = hit.chunk.text
     if hit.chunk.kind != "table":
-        return [AnswerUnit(text[a:b], text[a:b], text[a:b]) for a, b in sentence_spans(text)]
+        return [AnswerUnit(text[a:b], text[a:b], text[a:b], a, b) for a, b in sentence_spans(text)]
     context_lines = [line for line in hit.chunk.table_header.split("\n") if line.strip()]
     header = context_lines[-1] if context_lines else ""
     context = {line.strip() for line in context_lines}
-    rows = [line for line in text.split("\n") if line.strip() and line.strip() not in context]
-    return [AnswerUnit(row.strip(), quote_row(header, row), f"{header}\t{row}") for row in rows]
+    units, position = [], 0
+    for line in text.split("\n"):
+        start, position = position, position + len(line) + 1
+        if line.strip() and line.strip() not in context:
+            quoted = quote_row(header, line, asked=lambda name: query.names(name))
+            units.append(AnswerUnit(line.strip(), quoted, f"{header}\t{line}", start, start + len(line)))
+    return units
+
+
+def says_nothing_new(unit: AnswerUnit, query: Query) -> bool:
+    """A survey's question line, or a line that only repeats the question's words, answers nothing."""
+    return bool(QUESTION_LINE.search(unit.text)) or len(_leftover(unit.text, query.terms)) < MIN_NEW_CHARS
 
 
 def _leftover(sentence: str, terms: tuple[str, ...]) -> str:
@@ -113,23 +134,36 @@ def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | Non
     probability = unanswerable_probability(query, hits, settings.abstention)
     if refuses(probability, hits, settings.abstention):
         return Answer(NOT_FOUND, True, [], probability)
-    candidates = []
+    units = []
     seen: set[str] = set()
     for position, hit in enumerate(hits[:max_passages]):
-        for order, unit in enumerate(_answer_units(hit)):
-            if len(_leftover(unit.text, query.terms)) < 4:
-                continue  # a header row or a line that only repeats the question says nothing new
+        notices = boilerplate_map(hit.document.text)
+        for order, unit in enumerate(_answer_units(hit, query)):
             key = squeeze(unit.text)
-            if key in seen:
+            if says_nothing_new(unit, query) or key in seen:
                 continue  # overlapping passages share sentences; quote each once, from the better hit
             seen.add(key)
-            score = (query.coverage(fold_key(unit.scored_as))
-                     + settings.similarity_weight * hit.sentence_similarities.get(key, 0.0)
-                     - 0.1 * position - 0.001 * order)
-            candidates.append((score, position, order, unit.quoted))
+            notice = notices.covers(hit.chunk.start + unit.start, hit.chunk.start + unit.end)
+            share = share_beyond_issuer(query, fold_key(unit.scored_as), hit.document)
+            units.append((position, order, hit, unit, key, notice, share))
+    # Legal notices, contact blocks and source lines are not what was asked, unless the question is
+    # about them or such a line matches it better than any other sentence does (boilerplate loses ties).
+    best_plain = max((share for *_, notice, share in units if not notice), default=0.0)
+    candidates = []
+    for position, order, hit, unit, key, notice, share in units:
+        if notice and not query.about_boilerplate and share <= best_plain:
+            continue
+        score = (query.coverage(fold_key(unit.scored_as))
+                 + settings.similarity_weight * hit.sentence_similarities.get(key, 0.0)
+                 - 0.1 * position - 0.001 * order)
+        candidates.append((score, position, order, unit.quoted))
+    if not candidates:
+        return Answer(NOT_FOUND, True, [], probability)
     chosen = sorted(candidates, reverse=True)[:settings.sentences]
     chosen = [c for c in chosen if c[0] > 0] or chosen[:1]
-    chosen.sort(key=lambda c: (c[1], c[2]))
+    chosen = chosen[:1] + [c for c in chosen[1:] if c[0] >= settings.follow_ratio * chosen[0][0]]
+    # The best sentence leads (it states what was asked); the others follow in reading order.
+    chosen = chosen[:1] + sorted(chosen[1:], key=lambda c: (c[1], c[2]))
     used: list[int] = []
     parts = []
     for _, position, _, sentence in chosen:

@@ -27,9 +27,10 @@ from typing import TypeVar
 
 from . import fitted
 from .api import ReportQA, Settings
+from .boilerplate import boilerplate_map
 from .chunking import ChunkerSettings
 from .errors import RagError
-from .results import Answer, Hit, SearchResult
+from .results import Answer, Hit
 from .textnorm import fold, squeeze
 
 TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
@@ -204,6 +205,93 @@ def numbers_in(text: str) -> set[str]:
     return set(_NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3})", "", fold(text))))
 
 
+MARKER = re.compile(r"\[(\d+)\]")
+
+
+def answer_sentences(answer: Answer) -> list[tuple[str, Hit | None]]:
+    """The quoted sentences of an extractive answer, each with the source its marker cites."""
+    parts, begin = [], 0
+    for match in MARKER.finditer(answer.text):
+        marker = int(match.group(1))
+        source = answer.sources[marker - 1] if 0 < marker <= len(answer.sources) else None
+        parts.append((answer.text[begin:match.start()].strip(), source))
+        begin = match.end()
+    return [(text, source) for text, source in parts if text]
+
+
+def is_boilerplate_sentence(sentence: str, source: Hit | None) -> bool:
+    """True when a quoted sentence lies in its report's boilerplate lines (``rag.boilerplate``)."""
+    if source is None:
+        return False
+    at = source.chunk.text.find(sentence)
+    if at < 0:
+        return False  # a table row is quoted with its column names and is not notice text
+    begin = source.chunk.start + at
+    return boilerplate_map(source.document.text).covers(begin, begin + len(sentence))
+
+
+def key_terms(reference: str, question: str, qa: ReportQA) -> set[str]:
+    """Words of a reference answer that the question does not already say (two characters or more)."""
+    asked = fold(question).replace(" ", "")
+    words = {fold(t).replace(" ", "") for t in qa.store.tokenizer.tokens(reference)}
+    return {w for w in words if len(w) >= 2 and not w.isdigit() and w not in asked and re.search(r"\w", w)}
+
+
+def answer_quality(answer: Answer, question: Question, qa: ReportQA) -> dict[str, float]:
+    """Per-question answer measures (a key is missing where the measure does not apply).
+
+    * ``states_numbers`` — share of the reference answer's numbers written in the answer;
+    * ``number_precision`` — share of the answer's numbers that belong to the reference answer or its evidence
+      (or to the question);
+    * ``lead_correct`` — the first sentence states a reference number or a key term of the reference answer
+      (0 when the answer abstained);
+    * ``boilerplate_share`` — share of the answer's sentences that are report boilerplate.
+    """
+    measures: dict[str, float] = {}
+    sentences = [] if answer.abstained else answer_sentences(answer)
+    text = " ".join(sentence for sentence, _ in sentences)
+    wanted = numbers_in(question.answer)
+    if wanted:
+        measures["states_numbers"] = len(wanted & numbers_in(text)) / len(wanted)
+    stated = numbers_in(text)
+    if stated:
+        # A number the question itself writes (GPT-3, 2023年) names what was asked; it is not a stray figure.
+        allowed = numbers_in(" ".join([question.question, question.answer, *question.evidence]))
+        measures["number_precision"] = len(stated & allowed) / len(stated)
+    terms = key_terms(question.answer, question.question, qa)
+    if wanted or terms:
+        lead = fold(sentences[0][0]).replace(" ", "") if sentences else ""
+        measures["lead_correct"] = float(bool(lead) and (bool(wanted & numbers_in(lead))
+                                                          or any(t in lead for t in terms)))
+    if sentences:
+        measures["boilerplate_share"] = _mean([float(is_boilerplate_sentence(s, h)) for s, h in sentences])
+    return measures
+
+
+def answer_metrics(questions: list[Question], answers: dict[str, Answer], runs: dict[str, list[tuple[str, bool]]],
+                   qa: ReportQA) -> dict[str, float]:
+    """The answer columns of the report from each question's answer and its judged ranking (``runs``)."""
+    cites: list[float] = []
+    lengths: list[float] = []
+    quality: dict[str, list[float]] = {}
+    for question in questions:
+        answer = answers[question.id]
+        measures = answer_quality(answer, question, qa)
+        if question.answerable:
+            relevant = dict(runs[question.id])
+            cites.append(float(any(relevant.get(h.citation, False) for h in answer.sources)))
+            if not answer.abstained:
+                lengths.append(float(len(MARKER.sub("", answer.text))))
+        else:  # only how much boilerplate an answer quotes applies to an unanswerable question
+            measures = {k: v for k, v in measures.items() if k == "boilerplate_share"}
+        for name, value in measures.items():
+            quality.setdefault(name, []).append(value)
+    return {"answer_cites_relevant": _mean(cites), "answer_states_numbers": _mean(quality.get("states_numbers", [])),
+            "answer_number_precision": _mean(quality.get("number_precision", [])),
+            "answer_lead_correct": _mean(quality.get("lead_correct", [])),
+            "answer_boilerplate": _mean(quality.get("boilerplate_share", [])), "answer_chars": _mean(lengths)}
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile (``fraction`` in 0..1); 0 for no values."""
     if not values:
@@ -223,9 +311,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     probabilities: dict[str, float | None] = {}
     cautioned: dict[str, bool] = {}
     best_signals: dict[str, list[Hit]] = {}
-    answer_cites: dict[str, float] = {}
-    answer_numbers: dict[str, float] = {}
-    answer_lengths: list[float] = []
+    answers: dict[str, Answer] = {}
     config.qa.search("预热 warm-up", top_k=1, mode=config.mode)  # load model and index outside the timing
     config.qa.encoder.clear()
     for question in questions:
@@ -242,14 +328,8 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
         cautioned[question.id] = answer.caution
         passage_lengths.extend(len(h.chunk.text) for h in hits[:5])
         if question.answerable:
-            runs[question.id] = [(h.citation, _relevant_hit(h, question, config.qa)) for h in hits]
-            relevant = dict(runs[question.id])
-            answer_cites[question.id] = float(any(relevant[h.citation] for h in answer.sources))
-            if not answer.abstained:
-                answer_lengths.append(float(len(re.sub(r"\[\d+\]", "", answer.text))))
-            wanted = numbers_in(question.answer)
-            if wanted:
-                answer_numbers[question.id] = len(wanted & numbers_in(answer.text)) / len(wanted)
+            runs[question.id] = judged(hits, question, config.qa)
+        answers[question.id] = answer
     per_question = _ranx_scores(runs)
     answerable = [q for q in questions if q.answerable]
     unanswerable = [q for q in questions if not q.answerable]
@@ -273,9 +353,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     result.metrics["false_abstain"] = _mean([float(abstained[q.id]) for q in answerable])
     # The extractive answer `rag ask` would give: does it cite a relevant passage, and does its text
     # state the numbers of the reference answer?
-    result.metrics["answer_cites_relevant"] = _mean(list(answer_cites.values()))
-    result.metrics["answer_states_numbers"] = _mean(list(answer_numbers.values()))
-    result.metrics["answer_chars"] = _mean(answer_lengths)
+    result.metrics.update(answer_metrics(questions, answers, runs, config.qa))
     # The softer level: answered, but with the caution note (rag.answer.CAUTION).
     result.metrics["abstain_or_caution"] = (_mean([float(abstained[q.id] or cautioned[q.id]) for q in unanswerable])
                                             if unanswerable else 0.0)
@@ -395,11 +473,19 @@ def markdown_report(results: list[ConfigResult], questions: list[Question], spli
     lines += ["", "## Extractive answers (what `rag ask` would reply)", "",
               "Cites a relevant passage: share of answerable questions whose answer cites at least one passage "
               "that contains the evidence. States the numbers: over answerable questions whose reference answer "
-              "has numbers, the share of those numbers written in the answer text.", "",
-              _row(["config", "cites a relevant passage", "states the reference numbers", "answer chars"]),
-              _row(["---"] * 4)]
-    lines += [_row([r.name, f"{r.metrics.get('answer_cites_relevant', 0):.3f}",
-                    f"{r.metrics.get('answer_states_numbers', 0):.3f}", f"{r.metrics.get('answer_chars', 0):.0f}"])
+              "has numbers, the share of those numbers written in the answer text. Number precision: over "
+              "answers that write numbers, the share of them that belong to the reference answer or its evidence "
+              "(or the question: GPT-3). "
+              "Lead correct: share of answerable questions whose first answer sentence states a reference number "
+              "or a key term of the reference answer (a refusal counts as wrong). Boilerplate: share of the "
+              "answer sentences (all questions answered) that are report boilerplate (`rag.boilerplate`).", "",
+              _row(["config", "cites a relevant passage", "states the reference numbers", "number precision",
+                    "lead correct", "boilerplate sentences", "answer chars"]),
+              _row(["---"] * 7)]
+    lines += [_row([r.name] + [f"{r.metrics.get(k, 0):.3f}" for k in
+                               ("answer_cites_relevant", "answer_states_numbers", "answer_number_precision",
+                                "answer_lead_correct", "answer_boilerplate")]
+                   + [f"{r.metrics.get('answer_chars', 0):.0f}"])
               for r in results]
     lines += ["", "## Uncertainty (95% bootstrap over the answerable questions)", "",
               "A split of a few dozen questions moves MRR by a few hundredths when one question moves; "
@@ -511,8 +597,9 @@ FOLLOWUP_RUNS = ("first turns", "follow-ups as typed", "follow-ups rewritten fro
                  "follow-ups as written standalone (reference)")
 
 
-def _judged(found: SearchResult, question: Question, qa: ReportQA) -> list[tuple[str, bool]]:
-    return [(h.citation, _relevant_hit(h, question, qa)) for h in found.hits]
+def judged(hits: list[Hit], question: Question, qa: ReportQA) -> list[tuple[str, bool]]:
+    """Each hit's citation with whether it is relevant to ``question`` (the run ranx scores)."""
+    return [(h.citation, _relevant_hit(h, question, qa)) for h in hits]
 
 
 def evaluate_conversations(qa: ReportQA, conversations: list[Conversation], depth: int = 10) -> dict[str, dict]:
@@ -525,14 +612,14 @@ def evaluate_conversations(qa: ReportQA, conversations: list[Conversation], dept
             asked = [t.question for t in conversation.turns[:position]]
 
             if position == 0:
-                runs[FOLLOWUP_RUNS[0]][turn.id] = _judged(qa.search(turn.question, top_k=depth), turn, qa)
+                runs[FOLLOWUP_RUNS[0]][turn.id] = judged(qa.search(turn.question, top_k=depth).hits, turn, qa)
                 continue
-            runs[FOLLOWUP_RUNS[1]][turn.id] = _judged(qa.search(turn.question, top_k=depth), turn, qa)
+            runs[FOLLOWUP_RUNS[1]][turn.id] = judged(qa.search(turn.question, top_k=depth).hits, turn, qa)
             rewritten = qa.search(turn.question, top_k=depth, history=asked)
-            runs[FOLLOWUP_RUNS[2]][turn.id] = _judged(rewritten, turn, qa)
+            runs[FOLLOWUP_RUNS[2]][turn.id] = judged(rewritten.hits, turn, qa)
             reference = conversation.standalone[position]
             exact.append(float(squeeze(rewritten.standalone or turn.question) == squeeze(reference)))
-            runs[FOLLOWUP_RUNS[3]][turn.id] = _judged(qa.search(reference, top_k=depth), turn, qa)
+            runs[FOLLOWUP_RUNS[3]][turn.id] = judged(qa.search(reference, top_k=depth).hits, turn, qa)
     results = {}
     for name, run in runs.items():
         scores = _ranx_scores(run)

@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .boilerplate import asks_about_boilerplate
 from .errors import RagError
 from .textnorm import fold
 
@@ -26,7 +27,8 @@ class Query:
     ``terms`` are the distinct matching tokens the question writes (no stopwords, no synthetic
     joins); ``weights`` maps each of them, spaces removed, to its inverse passage frequency in the
     index; ``lexical_tokens`` is what BM25 searches: the question's tokens plus those of the English
-    names the reports give its Chinese ones (``aliases``).
+    names the reports give its Chinese ones (``aliases``). ``about_boilerplate`` says the question
+    asks about notice text itself (rating definitions, analysts, sources), which then competes as usual.
     """
 
     text: str
@@ -36,6 +38,7 @@ class Query:
     lexical_tokens: tuple[str, ...]
     aliases: tuple[str, ...] = ()
     asks_quantity: bool = False
+    about_boilerplate: bool = False
     warning: str | None = None
     raw: str = ""
 
@@ -50,6 +53,11 @@ class Query:
         """Share of the terms' total IDF weight found in folded, space-free text; 0 without terms."""
         total = sum(self.weights.values())
         return sum(w for term, w in self.weights.items() if term in folded_text) / total if total else 0.0
+
+    def names(self, label: str) -> bool:
+        """True when the question writes ``label`` (a table column name, say) in full, spaces and case aside."""
+        key = fold_key(label)
+        return len(key) >= 2 and key in self.folded
 
     def highlight_terms(self) -> list[str]:
         """The terms worth marking in a passage: without one-character words unless that is all."""
@@ -87,7 +95,7 @@ def analyse(question: str, store) -> Query:
     expanded = tokens + [t for alias in aliases for t in store.tokenizer.tokens(alias)]
     return Query(text=text, folded=folded, terms=terms, weights=term_weights(terms, store.idf),
                  lexical_tokens=tuple(expanded), aliases=aliases, asks_quantity=bool(ASKS_QUANTITY.search(folded)),
-                 warning=warning, raw=question)
+                 about_boilerplate=asks_about_boilerplate(text), warning=warning, raw=question)
 
 
 def term_weights(terms: Iterable[str], idf) -> dict[str, float]:

@@ -24,7 +24,7 @@ CLOSEST_AFTER_REFUSAL = 3
 class HitJSON(TypedDict):
     """One retrieved passage: its citation ID, report, canonical offsets (``start``/``end``), original
     ``lines`` and PDF ``page``, the passage ``text`` and its fused ``score``; ``also_in`` lists the same
-    passage in near-duplicate reports."""
+    passage in near-duplicate reports; ``boilerplate`` marks legal or furniture text (disclaimers, contacts)."""
 
     rank: int
     citation: str
@@ -40,6 +40,7 @@ class HitJSON(TypedDict):
     lines: list[int]
     page: int | None
     also_in: list[str]
+    boilerplate: bool
 
 
 class SourceJSON(TypedDict):
@@ -78,6 +79,7 @@ class Hit:
 
     ``sentence_similarities`` maps each of the passage's sentences that has a vector (whitespace
     removed) to its cosine with the question; empty when the search did not embed the question.
+    ``boilerplate`` marks a passage that is mostly legal or furniture text (``rag.boilerplate``).
     """
 
     rank: int
@@ -89,6 +91,7 @@ class Hit:
     sentence_score: float | None = None
     coverage: float = 0.0
     also_in: list[str] = field(default_factory=list)
+    boilerplate: bool = False
     sentence_similarities: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
@@ -104,7 +107,7 @@ class Hit:
             "end": self.chunk.end, "text": self.chunk.text, "score": round(float(self.score), 6),
             "label": self.document.label, "heading": self.chunk.heading,
             "table_header": self.chunk.table_header, "lines": [self.chunk.line_start, self.chunk.line_end],
-            "page": self.chunk.page, "also_in": self.also_in,
+            "page": self.chunk.page, "also_in": self.also_in, "boilerplate": self.boilerplate,
         }
 
 

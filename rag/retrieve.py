@@ -4,8 +4,9 @@ The pipeline, one module per step: ``scoring.gather`` asks the store for each si
 fills in the candidates' other scores; ``fusion.fuse`` orders them by one fused score; a
 ``rerank.Reranker`` (the learned second stage in hybrid mode, or a user's cross-encoder in any
 mode) re-sorts the head; ``dedup.collapse_copies`` folds near-copies from duplicate reports into
-the passage they copy (listed under ``also_in``); each hit finally carries its sentences' cosines
-with the question, which the answer needs.
+the passage they copy (listed under ``also_in``); passages that are mostly report boilerplate
+(``rag.boilerplate``) go below the rest unless the question is about such text; each hit finally
+carries its sentences' cosines with the question, which the answer needs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from .boilerplate import PASSAGE_SHARE, passage_plain_text, passage_share, share_beyond_issuer
 from .dedup import collapse_copies, grams, passage_key
 from .embed import QueryEncoder
 from .fusion import FusionSettings, fuse
-from .query import Query
+from .query import Query, fold_key
 from .records import StoredChunk, unit_sentences
 from .rerank import Reranker, rerank
 from .results import Hit
@@ -50,6 +52,8 @@ class Retriever:
         reranker = self.cross_encoder or (self.second_stage if mode == "hybrid" else None)
         if reranker is not None and ranked:
             ranked = rerank(ranked, reranker, query, self.fusion.rerank_depth)
+        if not query.about_boilerplate:
+            ranked = self.boilerplate_last(query, ranked)
         kept = collapse_copies(ranked, self.store.documents, top_k, self._grams)
         vector = self.encoder.encode(query.text) if self.encoder is not None and mode != "bm25" else None
         return [self._hit(rank, candidate, also_in, vector)
@@ -66,6 +70,28 @@ class Retriever:
                             self._folded, sentence_candidates=bool(self.fusion.sentence_weight))
         return fuse(candidates, mode, self.fusion)
 
+    def boilerplate_last(self, query: Query, ranked: list[Candidate]) -> list[Candidate]:
+        """The same candidates with boilerplate passages (``rag.boilerplate``) moved below all others, in
+        order. A boilerplate passage keeps its place when its match with the question does not come from
+        its boilerplate lines (a risk list that shares a passage with the disclaimer), or when it covers the
+        question's terms (IDF-weighted) better than every other candidate: then it is what the question is
+        about (boilerplate loses ties)."""
+        shares, demotable = [], []
+        for c in ranked:
+            document = self.store.documents[c.chunk.source]
+            share = share_beyond_issuer(query, self._folded(c.chunk.id), document)
+            shares.append(share)
+            plain = fold_key(c.chunk.table_header + passage_plain_text(c.chunk, document))
+            demotable.append(self._is_boilerplate(c.chunk)
+                             and share_beyond_issuer(query, plain, document) < share)
+        best_plain = max((share for share, flag in zip(shares, demotable, strict=True) if not flag), default=0.0)
+        demoted = [flag and share <= best_plain for flag, share in zip(demotable, shares, strict=True)]
+        return ([c for c, down in zip(ranked, demoted, strict=True) if not down]
+                + [c for c, down in zip(ranked, demoted, strict=True) if down])
+
+    def _is_boilerplate(self, chunk: StoredChunk) -> bool:
+        return passage_share(chunk, self.store.documents[chunk.source]) >= PASSAGE_SHARE
+
     def _vector(self, query: Query) -> np.ndarray:
         assert self.encoder is not None
         return self.encoder.encode(query.text)
@@ -76,7 +102,7 @@ class Retriever:
                    dense_score=None if candidate.dense is None else float(candidate.dense),
                    bm25_score=None if candidate.bm25 is None else float(candidate.bm25),
                    sentence_score=None if candidate.sentence is None else float(candidate.sentence),
-                   coverage=candidate.coverage, also_in=also_in,
+                   coverage=candidate.coverage, also_in=also_in, boilerplate=self._is_boilerplate(chunk),
                    sentence_similarities={} if vector is None else self.sentence_similarities(vector, chunk))
 
     def sentence_similarities(self, vector: np.ndarray, chunk: StoredChunk) -> dict[str, float]:

@@ -2,14 +2,22 @@
 
 Files of a version (see ``rag.versions`` for the folder layout)::
 
-    meta.sqlite       documents and chunks: text, offsets, lines, pages
-    dense.faiss       IndexIDMap2 over IndexFlatIP, ids = chunk ids (exact search)
-    units.faiss       IndexFlatIP over sentence/table-row vectors (when the chunker makes them)
-    unit_owner.npy    for each unit, the id of its chunk
+    meta.sqlite       documents, chunks (text, offsets, lines, pages) and each report's span of chunk ids
+    dense.faiss       passage vectors: IndexIDMap2 over IndexFlatIP (exact), or IVF-SQ8 when large (rag.ann)
+    dense.npy         the exact passage vectors beside an approximate dense.faiss (memory-mapped)
+    units.faiss       sentence/table-row vectors (when the chunker makes them), flat or IVF-SQ8
+    units.npy         the exact unit vectors beside an approximate units.faiss (memory-mapped)
+    unit_owner.npy    for each unit, the id of its chunk (non-decreasing)
+    aliases.json      the Chinese/English name pairs the passages define (mined at build time)
     bm25/             bm25s index over the index's own jieba tokens
 
+Nothing proportional to the corpus is turned into Python objects at load: passages are read from
+SQLite on demand (with a cache), a report filter is a few id ranges, BM25 top-k selects in O(n),
+and the IDF of a large index comes from BM25's document frequencies instead of a scan of every text.
+
 A write session (``EmbeddedWriter``) collects whole reports and writes a complete new version on
-commit; chunk ids follow the reports' file names, so the same corpus always gets the same ids.
+commit; chunk ids follow the reports' file names, so the same corpus always gets the same ids, and
+each report's chunks have consecutive ids.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .aliases import AliasTable
+from .ann import FLAT, AnnSettings, approximate_search, build_index, default_settings, exact_scores, top_k_stable
 from .errors import RagError
 from .metadata import ReportInfo
 from .records import StoredChunk, StoredDocument, lexical_text
@@ -44,8 +53,11 @@ from .versions import (
     write_manifest,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: spans table, aliases.json, optional IVF-SQ8 indexes with exact .npy vectors
 BM25_CACHE_SIZE = 8
+CHUNK_CACHE_SIZE = 65536
+_CHUNK_COLUMNS = ('id, citation, source, start, "end", text, heading, table_header, kind, '
+                  'line_start, line_end, page')
 
 
 class EmbeddedStore:
@@ -67,6 +79,8 @@ class EmbeddedStore:
         if sizes:
             raise RagError(f"索引已损坏：{index_dir}（{sizes[0]}）。{REBUILD_HINT}")
         self.manifest = manifest
+        indexes = manifest.get("indexes", {})
+        self.ann = AnnSettings(**manifest["ann"]) if "ann" in manifest else default_settings()
         # Questions must be cut with the same dictionary the passages were indexed with.
         self.tokenizer: Tokenizer = tokenizer_for(manifest.get("user_words", []))
         try:
@@ -74,43 +88,53 @@ class EmbeddedStore:
             import faiss
 
             self.dense = faiss.read_index(str(live / "dense.faiss"))
-            self._flat = faiss.downcast_index(self.dense.index)  # type: ignore[attr-defined]
+            self.dense_kind = indexes.get("dense", FLAT)
+            if self.dense_kind == FLAT:
+                self._flat = faiss.downcast_index(self.dense.index)  # type: ignore[attr-defined]
+                self._dense_exact = None
+            else:
+                self._dense_exact = np.load(live / "dense.npy", mmap_mode="r")
             self.units = faiss.read_index(str(live / "units.faiss")) if (live / "units.faiss").exists() else None
+            self.units_kind = indexes.get("units", FLAT)
+            self._units_exact = (np.load(live / "units.npy", mmap_mode="r")
+                                 if self.units is not None and self.units_kind != FLAT else None)
             self.unit_owner = np.load(live / "unit_owner.npy") if self.units is not None else None
             self.lexical = bm25s.BM25.load(str(live / "bm25"))
-            db = sqlite3.connect(f"file:{live / 'meta.sqlite'}?mode=ro", uri=True)
-            self.chunks = [StoredChunk(*row) for row in db.execute(
-                "SELECT id, citation, source, start, \"end\", text, heading, table_header, kind, "
-                "line_start, line_end, page FROM chunks ORDER BY id")]
+            self._alias_pairs = json.loads((live / "aliases.json").read_text(encoding="utf-8"))
+            self._db = sqlite3.connect(f"file:{live / 'meta.sqlite'}?mode=ro", uri=True, check_same_thread=False)
             self.documents: dict[str, StoredDocument] = {}
-            for source, sha, text, info, dups, line_starts in db.execute("SELECT * FROM documents"):
+            for source, sha, text, info, dups, line_starts in self._db.execute("SELECT * FROM documents"):
                 self.documents[source] = StoredDocument(source, sha, text, ReportInfo(**json.loads(info)),
                                                         json.loads(dups), json.loads(line_starts))
-            db.close()
+            self._spans = {source: (first, stop) for source, first, stop in
+                           self._db.execute("SELECT source, first, stop FROM spans ORDER BY first")}
+            self._count, self._min_id, self._max_id = self._db.execute(
+                "SELECT COUNT(*), MIN(id), MAX(id) FROM chunks").fetchone()
         except Exception as exc:  # any damage to the files means the same thing to the user
             raise RagError(f"索引已损坏：{index_dir}（{exc}）。{REBUILD_HINT}") from exc
+        self._lock = threading.Lock()
+        self._chunk_cache: OrderedDict[int, StoredChunk] = OrderedDict()
         problem = self._inconsistency()
         if problem:
             raise RagError(f"索引文件不一致：{index_dir}（{problem}）。{REBUILD_HINT}")
-        self._by_citation = {c.citation: c for c in self.chunks}
-        self._ids_of: dict[str, list[int]] = {}
-        for chunk in self.chunks:
-            self._ids_of.setdefault(chunk.source, []).append(chunk.id)
-        self._units_of: dict[int, list[int]] = {}
-        for unit, chunk_id in enumerate(self.unit_owner if self.unit_owner is not None else []):
-            self._units_of.setdefault(int(chunk_id), []).append(unit)
         self._idf: dict[str, float] = {}
         self._bm25_cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
 
     def _inconsistency(self) -> str | None:
         """What does not fit together between the files of this version (None when all agree)."""
-        count = len(self.chunks)
+        count = self._count
         if self.dense.ntotal != count or self.manifest.get("chunks") != count:
             return "passages / dense vectors / manifest counts differ"
-        if [c.id for c in self.chunks] != list(range(count)):
+        if count and (self._min_id != 0 or self._max_id != count - 1):
             return "passage ids are not contiguous"
-        if any(c.source not in self.documents for c in self.chunks):
+        if self._dense_exact is not None and self._dense_exact.shape != (count, self.dense.d):
+            return "exact passage vectors and passages differ in number"
+        expected = 0
+        for source, (first, stop) in self._spans.items():
+            if source not in self.documents or first != expected or stop < first:
+                return "a passage belongs to no stored report"
+            expected = stop
+        if expected != count:
             return "a passage belongs to no stored report"
         if int(self.lexical.scores.get("num_docs", -1)) != count:
             return "the BM25 index holds another number of passages"
@@ -120,10 +144,12 @@ class EmbeddedStore:
                 return "unit vectors and their owners differ in number"
             if len(owner) and (owner.min() < 0 or owner.max() >= count or (np.diff(owner) < 0).any()):
                 return "unit owners point outside the passages"
+            if self._units_exact is not None and self._units_exact.shape != (len(owner), self.units.d):
+                return "exact unit vectors and units differ in number"
         return None
 
     def __len__(self) -> int:
-        return len(self.chunks)
+        return self._count
 
     @property
     def model(self) -> str:
@@ -132,37 +158,73 @@ class EmbeddedStore:
 
     @cached_property
     def aliases(self) -> AliasTable:
-        """Chinese/English name pairs mined from the indexed text."""
-        return AliasTable.mine(c.text for c in self.chunks)
+        """Chinese/English name pairs mined from the indexed text (at build time)."""
+        return AliasTable({(native, latin) for native, latin in self._alias_pairs})
 
     @cached_property
     def _folded(self) -> list[str]:
-        return [fold(c.table_header + c.text).replace(" ", "") for c in self.chunks]
+        # Only a small index reads every text (exact substring IDF); see ``idf``.
+        with self._lock:
+            rows = self._db.execute("SELECT table_header, text FROM chunks ORDER BY id").fetchall()
+        return [fold(header + text).replace(" ", "") for header, text in rows]
 
     def chunk(self, chunk_id: int) -> StoredChunk:
-        """One passage by id."""
-        return self.chunks[chunk_id]
+        """One passage by id (read from SQLite on first use, then cached)."""
+        chunk_id = int(chunk_id)
+        with self._lock:
+            cached = self._chunk_cache.get(chunk_id)
+            if cached is not None:
+                self._chunk_cache.move_to_end(chunk_id)
+                return cached
+            row = self._db.execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+        if row is None:
+            raise IndexError(f"no passage {chunk_id}")
+        return self._remember(StoredChunk(*row))
+
+    def _remember(self, chunk: StoredChunk) -> StoredChunk:
+        with self._lock:
+            self._chunk_cache[chunk.id] = chunk
+            while len(self._chunk_cache) > CHUNK_CACHE_SIZE:
+                self._chunk_cache.popitem(last=False)
+        return chunk
 
     def chunk_by_citation(self, citation: str) -> StoredChunk | None:
         """The passage with this citation ID, if any."""
-        return self._by_citation.get(citation)
+        with self._lock:
+            row = self._db.execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE citation = ?", (citation,)).fetchone()
+        return None if row is None else self._remember(StoredChunk(*row))
 
     def chunks_of(self, source: str) -> list[StoredChunk]:
         """Every passage of one report, in reading order."""
-        return [self.chunks[i] for i in self._ids_of.get(source, [])]
+        first, stop = self._spans.get(source, (0, 0))
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE id >= ? AND id < ? ORDER BY id",
+                                    (first, stop)).fetchall()
+        return [StoredChunk(*row) for row in rows]
 
     def allowed_ids(self, sources: Sequence[str]) -> np.ndarray:
-        """Ids of the passages of ``sources``."""
-        ids = [i for source in dict.fromkeys(sources) for i in self._ids_of.get(source, [])]
-        return np.array(sorted(ids), dtype=np.int64)
+        """Ids of the passages of ``sources`` (each report's ids are one consecutive range)."""
+        spans = sorted(self._spans[s] for s in dict.fromkeys(sources) if s in self._spans)
+        if not spans:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(first, stop, dtype=np.int64) for first, stop in spans])
 
     def dense_top_k(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Scored:
-        """Exact inner-product top-k through FAISS (an ID selector applies the report filter)."""
+        """Inner-product top-k: exact through FAISS (an ID selector applies the report filter), or
+        approximate and re-scored exactly on a large index (a filter over few passages is exact)."""
         import faiss
 
         limit = min(k, self.dense.ntotal if allowed is None else len(allowed))
         if limit <= 0:
             return Scored.empty()
+        if self._dense_exact is not None:
+            if allowed is not None and len(allowed) < self.ann.exact_filter_below:
+                ids = np.asarray(allowed, dtype=np.int64)
+                scores = exact_scores(self._dense_exact, vector, ids)
+                best = top_k_stable(scores, limit)
+                return _ordered(ids[best], scores[best])
+            ids, scores = approximate_search(self.dense, self._dense_exact, vector, limit, self.ann.nprobe, allowed)
+            return _ordered(ids, scores)
         params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))  # type: ignore[call-arg]
         scores, ids = self.dense.search(vector[None, :].astype(np.float32), limit, params=params)
         return _ordered(ids[0], scores[0])
@@ -172,6 +234,8 @@ class EmbeddedStore:
         import faiss
 
         wanted = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        if self._dense_exact is not None:
+            return exact_scores(self._dense_exact, vector, wanted[0])
         out = np.empty(wanted.shape, dtype=np.float32)
         if wanted.size:
             query = np.ascontiguousarray(vector[None, :], dtype=np.float32)
@@ -183,18 +247,25 @@ class EmbeddedStore:
         """Top-k sentence/row units as (owning chunk id, score), best first."""
         if self.units is None or self.unit_owner is None or self.units.ntotal == 0:
             return Scored.empty()
-        scores, ids = self.units.search(vector[None, :].astype(np.float32), min(self.units.ntotal, k))
+        limit = min(self.units.ntotal, k)
+        if self._units_exact is not None:
+            ids, scores = approximate_search(self.units, self._units_exact, vector, limit, self.ann.nprobe)
+            order = np.lexsort((ids, -scores))
+            return Scored(self.unit_owner[ids[order]].astype(np.int64), scores[order])
+        scores, ids = self.units.search(vector[None, :].astype(np.float32), limit)
         valid = ids[0] >= 0
         return Scored(self.unit_owner[ids[0][valid]].astype(np.int64), scores[0][valid])
 
     def unit_vectors(self, chunk_id: int) -> np.ndarray | None:
         """The unit vectors of one chunk (None when the index has none)."""
-        if self.units is None:
+        if self.units is None or self.unit_owner is None:
             return None
-        ids = self._units_of.get(chunk_id, [])
-        if not ids:
+        first, stop = (int(i) for i in np.searchsorted(self.unit_owner, [chunk_id, chunk_id + 1]))
+        if first == stop:
             return np.zeros((0, self.units.d), dtype=np.float32)
-        return np.vstack([self.units.reconstruct(i) for i in ids])
+        if self._units_exact is not None:
+            return np.asarray(self._units_exact[first:stop], dtype=np.float32)
+        return np.vstack([self.units.reconstruct(i) for i in range(first, stop)])
 
     def _bm25_all(self, tokens: Sequence[str]) -> np.ndarray:
         # bm25s scores every passage in one vectorised pass; the top-k call and the candidates' scores
@@ -205,7 +276,7 @@ class EmbeddedStore:
                 self._bm25_cache.move_to_end(key)
                 return self._bm25_cache[key]
         scores = (np.asarray(self.lexical.get_scores(list(tokens)), dtype=np.float32) if tokens
-                  else np.zeros(len(self.chunks), dtype=np.float32))
+                  else np.zeros(self._count, dtype=np.float32))
         with self._lock:
             self._bm25_cache[key] = scores
             while len(self._bm25_cache) > BM25_CACHE_SIZE:
@@ -213,27 +284,34 @@ class EmbeddedStore:
         return scores
 
     def bm25_top_k(self, tokens: Sequence[str], k: int, allowed: np.ndarray | None = None) -> Scored:
-        """The ``k`` best passages with a positive BM25 score."""
+        """The ``k`` best passages with a positive BM25 score (ties in id order)."""
         scores = self._bm25_all(tokens)
-        if allowed is not None:
-            masked = np.full(len(scores), -np.inf, dtype=np.float64)
-            masked[allowed] = scores[allowed]
-        else:
-            masked = scores.astype(np.float64)
-        positive = np.flatnonzero(masked > 0)
-        order = positive[np.argsort(-masked[positive], kind="stable")][:k]
-        return Scored(order.astype(np.int64), scores[order])
+        ids = np.flatnonzero(scores > 0) if allowed is None else allowed[scores[allowed] > 0]
+        best = ids[top_k_stable(scores[ids].astype(np.float64), k)]
+        return Scored(best.astype(np.int64), scores[best])
 
     def bm25_scores(self, tokens: Sequence[str], ids: Sequence[int]) -> np.ndarray:
         """BM25 scores of the passages ``ids``."""
         return self._bm25_all(tokens)[np.asarray(ids, dtype=np.int64)]
 
     def idf(self, term: str) -> float:
-        """Inverse passage frequency of a folded term (substring match, as coverage counts it)."""
+        """Inverse passage frequency of a folded term: in a small index the share of passages whose text
+        contains it (substring match, as coverage counts it); in a large one the number of passages
+        BM25 indexed under that token (no scan of every text per question)."""
         if term not in self._idf:
-            frequency = sum(1 for text in self._folded if term in text)
-            self._idf[term] = float(np.log((len(self._folded) + 1) / (frequency + 0.5)))
+            if self._count < self.ann.idf_exact_below:
+                frequency = sum(1 for text in self._folded if term in text)
+            else:
+                frequency = self._document_frequency(term)
+            self._idf[term] = float(np.log((self._count + 1) / (frequency + 0.5)))
         return self._idf[term]
+
+    def _document_frequency(self, term: str) -> int:
+        token = self.lexical.vocab_dict.get(term)
+        indptr = self.lexical.scores["indptr"]
+        if token is None or token + 1 >= len(indptr):
+            return 0
+        return int(indptr[token + 1] - indptr[token])
 
 
 def _ordered(ids: np.ndarray, scores: np.ndarray) -> Scored:
@@ -245,12 +323,16 @@ def _ordered(ids: np.ndarray, scores: np.ndarray) -> Scored:
 
 
 class EmbeddedWriter:
-    """A write session: reports are collected, ``commit`` writes and publishes a whole new version."""
+    """A write session: reports are collected, ``commit`` writes and publishes a whole new version.
 
-    def __init__(self, index_dir: Path, dimension: int, tokenizer: Tokenizer):
+    ``ann`` decides which vector indexes are exact and which approximate (default: ``rag/data/scale.json``).
+    """
+
+    def __init__(self, index_dir: Path, dimension: int, tokenizer: Tokenizer, ann: AnnSettings | None = None):
         self.index_dir = index_dir
         self.dimension = dimension
         self.tokenizer = tokenizer
+        self.ann = ann or default_settings()
         self.reports: dict[str, ReportRecords] = {}
 
     def add_report(self, report: ReportRecords) -> None:
@@ -272,19 +354,28 @@ class EmbeddedWriter:
         build_dir = self.index_dir / f".build-{version}"
         build_dir.mkdir()
         try:
-            dense = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
-            dense.add_with_ids(vectors, np.arange(len(stored), dtype=np.int64))
+            dense, dense_kind = build_index(vectors, self.ann, with_ids=True)
             faiss.write_index(dense, str(build_dir / "dense.faiss"))
+            del dense
+            if dense_kind != FLAT:
+                np.save(build_dir / "dense.npy", vectors)
+            kinds = {"dense": dense_kind}
             if unit_vectors is not None:
-                units = faiss.IndexFlatIP(self.dimension)
-                units.add(unit_vectors)
+                units, kinds["units"] = build_index(unit_vectors, self.ann, with_ids=False)
                 faiss.write_index(units, str(build_dir / "units.faiss"))
+                del units
+                if kinds["units"] != FLAT:
+                    np.save(build_dir / "units.npy", unit_vectors)
                 np.save(build_dir / "unit_owner.npy", np.asarray(unit_owner, dtype=np.int64))
             lexical = bm25s.BM25()
             lexical.index([self.tokenizer.tokens(lexical_text(c)) or ["\x00"] for c in stored], show_progress=False)
             lexical.save(str(build_dir / "bm25"))
+            del lexical
+            aliases = sorted(AliasTable.mine(c.text for c in stored).pairs)
+            (build_dir / "aliases.json").write_text(json.dumps(aliases, ensure_ascii=False), encoding="utf-8")
             self._write_meta(build_dir / "meta.sqlite", stored)
             write_manifest(build_dir, {**manifest, "format": FORMAT_VERSION, "chunks": len(stored),
+                                       "indexes": kinds, "ann": self.ann.as_dict(),
                                        "files": file_checksums(build_dir)})
             publish(self.index_dir, build_dir, version)
         except BaseException:
@@ -321,6 +412,7 @@ class EmbeddedWriter:
             CREATE TABLE chunks (id INTEGER PRIMARY KEY, citation TEXT UNIQUE, source TEXT, start INTEGER,
                                  "end" INTEGER, text TEXT, heading TEXT, table_header TEXT, kind TEXT,
                                  line_start INTEGER, line_end INTEGER, page INTEGER);
+            CREATE TABLE spans (source TEXT PRIMARY KEY, first INTEGER, stop INTEGER);
         """)
         documents = [self.reports[source].document for source in sorted(self.reports)]
         db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)", [
@@ -328,5 +420,9 @@ class EmbeddedWriter:
              json.dumps(d.duplicates), json.dumps(d.line_starts)) for d in documents])
         db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [tuple(asdict(c).values()) for c in chunks])
+        spans: dict[str, list[int]] = {}
+        for chunk in chunks:
+            spans.setdefault(chunk.source, [chunk.id, chunk.id])[1] = chunk.id + 1
+        db.executemany("INSERT INTO spans VALUES (?, ?, ?)", [(s, a, b) for s, (a, b) in spans.items()])
         db.commit()
         db.close()

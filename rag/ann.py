@@ -111,6 +111,19 @@ def approximate_search(index: Any, exact: np.ndarray, query: np.ndarray, k: int,
     return found, exact_scores(exact, query, found)
 
 
+def open_exact(path) -> np.ndarray:
+    """The exact vectors beside an approximate index, memory-mapped for random access: only the rows of
+    hits are read, and without read-ahead (which would map whole neighbourhoods of every row touched
+    and make most of the file resident after a few hundred questions)."""
+    import mmap
+
+    vectors = np.load(path, mmap_mode="r")
+    raw = getattr(vectors, "_mmap", None)
+    if raw is not None and hasattr(raw, "madvise"):
+        raw.madvise(mmap.MADV_RANDOM)
+    return vectors
+
+
 def exact_scores(vectors: np.ndarray, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """float32 inner products of ``query`` with the rows ``ids`` of a (memory-mapped) vector array."""
     if not len(ids):

@@ -35,7 +35,16 @@ from pathlib import Path
 import numpy as np
 
 from .aliases import AliasTable
-from .ann import FLAT, AnnSettings, approximate_search, build_index, default_settings, exact_scores, top_k_stable
+from .ann import (
+    FLAT,
+    AnnSettings,
+    approximate_search,
+    build_index,
+    default_settings,
+    exact_scores,
+    open_exact,
+    top_k_stable,
+)
 from .errors import RagError
 from .metadata import ReportInfo
 from .records import StoredChunk, StoredDocument, lexical_text
@@ -93,10 +102,10 @@ class EmbeddedStore:
                 self._flat = faiss.downcast_index(self.dense.index)  # type: ignore[attr-defined]
                 self._dense_exact = None
             else:
-                self._dense_exact = np.load(live / "dense.npy", mmap_mode="r")
+                self._dense_exact = open_exact(live / "dense.npy")
             self.units = faiss.read_index(str(live / "units.faiss")) if (live / "units.faiss").exists() else None
             self.units_kind = indexes.get("units", FLAT)
-            self._units_exact = (np.load(live / "units.npy", mmap_mode="r")
+            self._units_exact = (open_exact(live / "units.npy")
                                  if self.units is not None and self.units_kind != FLAT else None)
             self.unit_owner = np.load(live / "unit_owner.npy") if self.units is not None else None
             self.lexical = bm25s.BM25.load(str(live / "bm25"))

@@ -73,7 +73,7 @@ class Store(Protocol):
         ...
 
     def allowed_ids(self, sources: Sequence[str]) -> np.ndarray:
-        """Ids of the passages of some reports (the report filter)."""
+        """Ids of the passages of some reports (the report filter), sorted."""
         ...
 
     def dense_top_k(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Scored:

@@ -149,3 +149,11 @@ def test_approximate_index_survives_the_load_checks(approximate, tmp_path):
     np.save(live / "dense.npy", np.load(live / "dense.npy")[:-1])
     with pytest.raises(Exception, match="rag index"):
         open_store(copy)
+
+
+def test_sentence_candidates_keep_only_allowed_passages():
+    from rag.scoring import _members
+
+    allowed = np.array([2, 3, 4, 10, 11], dtype=np.int64)
+    assert _members([0, 3, 11, 12, 5], allowed) == {3, 11}
+    assert _members([1], np.zeros(0, dtype=np.int64)) == set() and _members([], allowed) == set()

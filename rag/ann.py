@@ -39,6 +39,9 @@ class AnnSettings:
     nprobe: int  # lists scanned per question
     exact_filter_below: int  # a report filter allowing fewer passages than this is scored exactly
     idf_exact_below: int  # passages: below, IDF counts substring matches in every text; above, BM25 df
+    rewrite_below: int  # passages: an index smaller than this is rewritten whole on every commit (no segments)
+    max_segments: int  # more small segments than this beside the base are merged into one
+    merge_share: float  # small segments plus deleted passages above this share of all stored: rewrite whole
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as recorded in a manifest."""
@@ -48,6 +51,13 @@ class AnnSettings:
         """The same settings with every index exact (today's behaviour at any size; benchmarks' baseline)."""
         big = 2**62
         return replace(self, exact_below=big, idf_exact_below=big)
+
+    def same_indexes(self, other: dict) -> bool:
+        """Whether an index written with the settings ``other`` (a manifest's) has the vector indexes and
+        IDF these settings would give it (the segment policy may differ)."""
+        shaping = ("exact_below", "lists_per_sqrt", "min_lists", "max_lists", "train_per_list", "idf_exact_below")
+        mine = self.as_dict()
+        return all(other.get(key) == mine[key] for key in shaping)
 
     def lists_for(self, count: int) -> int:
         """How many inverted lists an index of ``count`` vectors gets."""
@@ -99,12 +109,14 @@ def build_index(vectors: np.ndarray, settings: AnnSettings, with_ids: bool) -> t
 
 
 def approximate_search(index: Any, exact: np.ndarray, query: np.ndarray, k: int, nprobe: int,
-                       allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       allowed: np.ndarray | None = None, selector: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Ids and exact cosines of the approximately best ``k`` vectors of an IVF index (optionally only
-    ``allowed`` ids), best first; ``exact`` holds the float32 vectors the hits are re-scored with."""
+    ``allowed`` ids, or those a FAISS ``selector`` lets through); ``exact`` holds the float32 vectors
+    the hits are re-scored with."""
     import faiss
 
-    selector = None if allowed is None else faiss.IDSelectorBatch(allowed)
+    if allowed is not None:
+        selector = faiss.IDSelectorBatch(allowed)
     params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)  # type: ignore[call-arg]
     _, ids = index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
     found = ids[0][ids[0] >= 0]

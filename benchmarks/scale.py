@@ -18,6 +18,8 @@ Configurations, each measured in the same run on the same generated corpus:
 
 * ``scaled``: this tree's store with ``rag/data/scale.json`` (exact below the threshold, IVF-SQ8 above);
 * ``exact``: this tree's store with every index exact (the baseline at the sizes it can handle);
+* ``rewrite``: ``scaled``, except that every commit rewrites the whole index (no segments: how adding
+  or deleting a report worked before; the baseline for the update timings and for search without segments);
 * ``main`` (with ``--baseline-tree DIR``, a checkout of an older revision): that tree's store, as it was.
 
 Usage::
@@ -155,8 +157,10 @@ def questions(seeds: dict, count: int, noise: float, rng: np.random.Generator) -
     return [s[:QUESTION_CHARS] for s, _ in picked], _noisy(np.vstack([u for _, u in picked]), noise, rng)
 
 
-def exact_truth(reports, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, list[list[int]]]:
-    """Exact top-``k`` passage ids and the owners of the exact top-``k`` units, per question."""
+def exact_truth(reports, vectors: np.ndarray, k: int = 10) -> tuple[list[list[str]], list[list[str]]]:
+    """Citations of the exact top-``k`` passages and of the owners of the exact top-``k`` units, per question
+    (citations, not ids: updates renumber passages)."""
+    citations = [citation for r in reports for citation, *_ in r.chunks]
     dense = np.vstack([r.vectors for r in reports])
     top_passages = np.argsort(-(vectors @ dense.T), axis=1, kind="stable")[:, :k]
     del dense
@@ -168,13 +172,29 @@ def exact_truth(reports, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, 
     units = np.vstack([r.unit_vectors for r in reports])
     scores = vectors @ units.T
     top_units = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return top_passages, [owner[row].tolist() for row in top_units]
+    return ([[citations[i] for i in row] for row in top_passages],
+            [[citations[i] for i in owner[row]] for row in top_units])
+
+
+def gone_source(reports) -> str:
+    """The built report the build child deletes."""
+    return reports[len(reports) // 2].document.source
+
+
+def after_updates(reports, extra):
+    """The reports the index holds after the build child's add-one/delete-one (see ``child_build``)."""
+    gone = gone_source(reports)
+    return [r for r in reports if r.document.source != gone] + [extra]
 
 
 # -- children: build (in the configuration's tree) and search (in a fresh process) ---------------------------
 
 def child_build(args: argparse.Namespace) -> dict:
-    """Build the index of the pickled corpus, then add one report and delete it again (timed)."""
+    """Build the index of the pickled corpus, then add one new report and delete one built report (timed).
+
+    In this tree both are update sessions on the live index (a new segment; a deletion mark); the
+    ``main`` tree can only rewrite its whole index, so there they are full commits. The search child
+    then measures the index as these updates left it."""
     with open(args.corpus_file, "rb") as handle:
         payload = pickle.load(handle)
     from rag import faiss_store
@@ -183,33 +203,62 @@ def child_build(args: argparse.Namespace) -> dict:
     index_dir = Path(args.index)
     shutil.rmtree(index_dir, ignore_errors=True)
 
-    def writer():
+    def writer(update: bool = False):
         if args.config == "main":
             return faiss_store.EmbeddedWriter(index_dir, payload["dimension"], tokenizer)
+        from dataclasses import replace
+
         from rag.ann import default_settings
 
-        settings = default_settings() if args.config == "scaled" else default_settings().exact()
-        return faiss_store.EmbeddedWriter(index_dir, payload["dimension"], tokenizer, ann=settings)
+        settings = {"scaled": default_settings(), "exact": default_settings().exact(),
+                    "rewrite": replace(default_settings(), rewrite_below=2**62)}[args.config]
+        return faiss_store.EmbeddedWriter(index_dir, payload["dimension"], tokenizer, ann=settings, update=update)
 
-    def commit(reports) -> float:
-        session = writer()
+    def commit(reports, removed=(), update: bool = False) -> float:
+        session = writer(update)
         for report in reports:
             session.add_report(report)
-        manifest = {**payload["seeds"]["manifest"], "built_at": time.time(),
-                    "corpus": {r.document.source: r.document.sha256 for r in reports}}
+        for source in removed:
+            session.remove_report(source)
+        corpus = {r.document.source: r.document.sha256 for r in all_reports if r.document.source not in removed}
+        manifest = {**payload["seeds"]["manifest"], "built_at": time.time(), "corpus": corpus}
         began = time.perf_counter()
         session.commit(manifest)
-        return time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        commits.append(getattr(session, "last_commit", {}))
+        return seconds
 
-    reports = payload["reports"]
+    reports, extra = payload["reports"], payload["extra"]
+    all_reports, commits = list(reports), []
     result = {"build_s": commit(reports)}
-    if args.updates:
-        result["add_one_s"] = commit(reports + [payload["extra"]])
-        result["delete_one_s"] = commit(reports)
+    if args.child_updates:
+        all_reports = reports + [extra]
+        gone = gone_source(reports)
+        if args.config == "main":  # its only way: rewrite everything
+            result["add_one_s"] = commit(all_reports)
+            all_reports = [r for r in all_reports if r.document.source != gone]
+            result["delete_one_s"] = commit(all_reports)
+        else:
+            result["add_one_s"] = commit([extra], update=True)
+            result["delete_one_s"] = commit([], removed=[gone], update=True)
+            result.update(_check_updates(index_dir, extra, gone))
+    result["commits"] = [c.get("kind", "rewrite") for c in commits]
     live = (index_dir / "current").resolve()
     result["disk_mb"] = sum(p.stat().st_size for p in live.rglob("*") if p.is_file()) / 2**20
     result["build_peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def _check_updates(index_dir: Path, extra, gone: str) -> dict:
+    """Whether the added report is found and the deleted one is gone, in the index the updates left."""
+    from rag.store import open_store
+
+    store = open_store(index_dir)
+    vector = extra.vectors[7]
+    found = set(store.dense_top_k(vector, 3).ids.tolist()) & set(store.allowed_ids([extra.document.source]).tolist())
+    deleted_gone = gone not in store.documents and not store.allowed_ids([gone]).size
+    return {"added_found": bool(found), "deleted_gone": bool(deleted_gone),
+            "segments": len(store.manifest.get("segments", [None]))}
 
 
 class FixedEncoder:
@@ -260,7 +309,8 @@ def child_search(args: argparse.Namespace) -> dict:
     units = [store.unit_top_k(v, 10).ids.tolist() for v in vectors]
     return {"load_s": load_s, "hybrid_ms": _percentiles(plain), "hybrid_filtered_ms": _percentiles(filtered),
             "search_peak_rss_mb": peak_rss_mb(),
-            "dense_top10": dense, "unit_owner_top10": units}
+            "dense_top10": [[store.chunk(i).citation for i in row] for row in dense],
+            "unit_owner_top10": [[store.chunk(i).citation for i in row] for row in units]}
 
 
 def peak_rss_mb() -> float:
@@ -289,8 +339,8 @@ def _run_child(mode: str, tree: Path, extra: list[str]) -> dict:
 
 # -- the parent -----------------------------------------------------------------------------------------------
 
-def recall(found: list[list[int]], truth) -> float:
-    """Mean share of the exact top-10 (as a multiset of ids) found by the approximate top-10."""
+def recall(found: list[list[str]], truth) -> float:
+    """Mean share of the exact top-10 (as a multiset of citations) found by the approximate top-10."""
     shares = []
     for got, want in zip(found, truth, strict=True):
         want = list(want)
@@ -308,7 +358,7 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
     extra, extra_tokens = generate(seeds, PASSAGES_PER_REPORT, args.noise, args.mix, rng, prefix="zz-new-")
     tokens.update(extra_tokens)
     texts, vectors = questions(seeds, args.queries, args.noise, rng)
-    truth_passages, truth_units = exact_truth(reports, vectors)
+    truth_passages, truth_units = exact_truth(after_updates(reports, extra[0]) if args.updates else reports, vectors)
     units = sum(len(r.unit_owner) for r in reports)
     corpus_file = work / "corpus.pkl"
     with open(corpus_file, "wb") as handle:
@@ -327,7 +377,7 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
         tree = Path(args.baseline_tree) if config == "main" else HERE
         index = work / f"index-{config}"
         numbers = _run_child("build", tree, ["--config", config, "--corpus-file", str(corpus_file),
-                                             "--index", str(index)] + (["--updates"] if args.updates else []))
+                                             "--index", str(index)] + (["--child-updates"] if args.updates else []))
         log(f"  {config}: built in {numbers['build_s']:.0f} s")
         searched = _run_child("search", tree, ["--index", str(index), "--questions-file", str(questions_file)])
         numbers.update({k: v for k, v in searched.items() if not k.endswith("top10")})
@@ -370,7 +420,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed-index", default="index", help="an index of the seed reports built with the real model")
     parser.add_argument("--sizes", default="10k,100k", help="comma-separated passage counts: 10k,100k,1m")
-    parser.add_argument("--configs", default="scaled,exact", help="scaled, exact, main (needs --baseline-tree)")
+    parser.add_argument("--configs", default="scaled,exact,rewrite",
+                        help="scaled, exact, rewrite, main (needs --baseline-tree)")
     parser.add_argument("--baseline-tree", help="a checkout whose store is the 'main' configuration")
     parser.add_argument("--exact-max", type=_size, default=_size("100k"), help="largest size for the exact config")
     parser.add_argument("--queries", type=int, default=100)
@@ -384,7 +435,9 @@ def main() -> None:
     parser.add_argument("--corpus-file", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     parser.add_argument("--questions-file", help=argparse.SUPPRESS)
-    parser.add_argument("--updates", action="store_true", help=argparse.SUPPRESS)
+    # Its own name: sharing the dest "updates" with --no-updates made the child's default True (the first
+    # action's default wins), so --no-updates never reached it.
+    parser.add_argument("--child-updates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child_build(args) if args.child == "build" else child_search(args)))

@@ -354,21 +354,30 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
     work = Path(args.work) / f"n{size}"
     work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    reports, tokens = generate(seeds, size, args.noise, args.mix, rng)
-    extra, extra_tokens = generate(seeds, PASSAGES_PER_REPORT, args.noise, args.mix, rng, prefix="zz-new-")
-    tokens.update(extra_tokens)
-    texts, vectors = questions(seeds, args.queries, args.noise, rng)
+    corpus_file, questions_file = work / "corpus.pkl", work / "questions.npz"
+    if args.reuse_corpus and corpus_file.exists() and questions_file.with_suffix(".json").exists():
+        # The same seeded generation, kept by an earlier run of this size (generating 100k takes minutes).
+        with open(corpus_file, "rb") as handle:
+            payload = pickle.load(handle)
+        reports, extra = payload["reports"], [payload["extra"]]
+        vectors = np.load(questions_file)["vectors"]
+        del payload
+        log(f"{size:,} passages: generated corpus reused from {corpus_file}")
+    else:
+        reports, tokens = generate(seeds, size, args.noise, args.mix, rng)
+        extra, extra_tokens = generate(seeds, PASSAGES_PER_REPORT, args.noise, args.mix, rng, prefix="zz-new-")
+        tokens.update(extra_tokens)
+        texts, vectors = questions(seeds, args.queries, args.noise, rng)
+        with open(corpus_file, "wb") as handle:
+            pickle.dump({"reports": reports, "extra": extra[0], "tokens": tokens, "dimension": vectors.shape[1],
+                         "seeds": {k: v for k, v in seeds.items() if k != "passages"}}, handle, protocol=5)
+        del tokens
+        np.savez(questions_file, vectors=vectors)
+        questions_file.with_suffix(".json").write_text(json.dumps({"questions": texts}, ensure_ascii=False),
+                                                       encoding="utf-8")
     truth_passages, truth_units = exact_truth(after_updates(reports, extra[0]) if args.updates else reports, vectors)
     units = sum(len(r.unit_owner) for r in reports)
-    corpus_file = work / "corpus.pkl"
-    with open(corpus_file, "wb") as handle:
-        pickle.dump({"reports": reports, "extra": extra[0], "tokens": tokens, "dimension": vectors.shape[1],
-                     "seeds": {k: v for k, v in seeds.items() if k != "passages"}}, handle, protocol=5)
-    del reports, extra, tokens
-    questions_file = work / "questions.npz"
-    np.savez(questions_file, vectors=vectors)
-    questions_file.with_suffix(".json").write_text(json.dumps({"questions": texts}, ensure_ascii=False),
-                                                   encoding="utf-8")
+    del reports, extra
     log(f"{size:,} passages, {units:,} units generated in {time.perf_counter() - began:.0f} s")
     result = {"passages": size, "units": units, "configs": {}}
     for config in args.configs:
@@ -383,10 +392,12 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
         numbers.update({k: v for k, v in searched.items() if not k.endswith("top10")})
         numbers["dense_recall@10"] = recall(searched["dense_top10"], truth_passages)
         numbers["unit_recall@10"] = recall(searched["unit_owner_top10"], truth_units)
+        numbers["load_average_1min"] = os.getloadavg()[0]  # how busy the shared machine was
         result["configs"][config] = numbers
         log(f"  {config}: {json.dumps(_rounded(numbers), ensure_ascii=False)}")
         shutil.rmtree(index, ignore_errors=True)
-    corpus_file.unlink()
+    if not args.keep_corpus:
+        corpus_file.unlink()
     return result
 
 
@@ -429,6 +440,8 @@ def main() -> None:
     parser.add_argument("--mix", type=float, default=0.3, help="chance a sentence is swapped for a random seed one")
     parser.add_argument("--no-updates", dest="updates", action="store_false", help="skip add-one/delete-one")
     parser.add_argument("--work", default="/tmp/rag-scale")
+    parser.add_argument("--keep-corpus", action="store_true", help="keep each size's generated corpus in --work")
+    parser.add_argument("--reuse-corpus", action="store_true", help="use a corpus an earlier run kept in --work")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=["build", "search"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)

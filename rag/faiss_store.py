@@ -756,20 +756,22 @@ class EmbeddedWriter:
         import faiss
 
         folder.mkdir(parents=True, exist_ok=True)
-        stored, vectors, unit_vectors, unit_owner = self._assemble(reports)
-        dense, dense_kind = build_index(vectors, self.ann, with_ids=True)
+        stored, unit_owner = self._assemble(reports)
+        kinds = {}
+        vectors = self._stacked(folder / "dense.npy", [r.vectors for r in reports])
+        dense, kinds["dense"] = build_index(vectors, self.ann, with_ids=True)
         faiss.write_index(dense, str(folder / "dense.faiss"))
-        del dense
-        if dense_kind != FLAT:
-            np.save(folder / "dense.npy", vectors)
-        kinds = {"dense": dense_kind}
-        if unit_vectors is not None:
+        del dense, vectors
+        if any(r.unit_vectors is not None for r in reports):
+            unit_vectors = self._stacked(folder / "units.npy", [r.unit_vectors for r in reports
+                                                                if r.unit_vectors is not None])
             units, kinds["units"] = build_index(unit_vectors, self.ann, with_ids=False)
             faiss.write_index(units, str(folder / "units.faiss"))
-            del units
-            if kinds["units"] != FLAT:
-                np.save(folder / "units.npy", unit_vectors)
+            del units, unit_vectors
             np.save(folder / "unit_owner.npy", np.asarray(unit_owner, dtype=np.int64))
+        for name, kind in (("dense.npy", kinds["dense"]), ("units.npy", kinds.get("units", FLAT))):
+            if kind == FLAT:  # a flat index holds the exact vectors itself
+                (folder / name).unlink(missing_ok=True)
         lexical = bm25s.BM25()
         lexical.index([self.tokenizer.tokens(lexical_text(c)) or ["\x00"] for c in stored], show_progress=False)
         lexical.save(str(folder / "bm25"))
@@ -777,30 +779,36 @@ class EmbeddedWriter:
         aliases = sorted(AliasTable.mine(c.text for c in stored).pairs)
         (folder / "aliases.json").write_text(json.dumps(aliases, ensure_ascii=False), encoding="utf-8")
         self._write_meta(folder / "meta.sqlite", reports, stored)
-        return {"path": path, "offset": offset, "chunks": len(stored),
-                "units": 0 if unit_vectors is None else len(unit_owner), "indexes": kinds, "deleted": []}
+        return {"path": path, "offset": offset, "chunks": len(stored), "units": len(unit_owner), "indexes": kinds,
+                "deleted": []}
 
-    def _assemble(self, reports: list[ReportRecords]) -> tuple[list[StoredChunk], np.ndarray, np.ndarray | None,
-                                                                 list[int]]:
+    def _assemble(self, reports: list[ReportRecords]) -> tuple[list[StoredChunk], list[int]]:
+        """The segment's passages (ids from 0, in report order) and each unit's owning passage."""
         stored: list[StoredChunk] = []
-        vectors: list[np.ndarray] = []
-        unit_vectors: list[np.ndarray] = []
         unit_owner: list[int] = []
-        with_units = any(r.unit_vectors is not None for r in reports)
         for report in reports:
             first = len(stored)
             for citation, chunk, line_start, line_end, page in report.chunks:
                 stored.append(StoredChunk(len(stored), citation, chunk.source, chunk.start, chunk.end, chunk.text,
                                           chunk.heading, chunk.table_header, chunk.kind, line_start, line_end,
                                           page))
-            vectors.append(report.vectors)
             if report.unit_vectors is not None:
-                unit_vectors.append(report.unit_vectors)
                 unit_owner.extend(first + owner for owner in report.unit_owner)
-        dense = np.vstack(vectors).astype(np.float32) if vectors else np.zeros((0, self.dimension), np.float32)
-        units = (np.vstack(unit_vectors).astype(np.float32) if unit_vectors
-                 else np.zeros((0, self.dimension), np.float32)) if with_units else None
-        return stored, dense, units, unit_owner
+        return stored, unit_owner
+
+    def _stacked(self, path: Path, parts: list[np.ndarray]) -> np.ndarray:
+        """The reports' vectors as one float32 array, written straight into a memory-mapped ``.npy`` file
+        (no second in-memory copy of a large index's vectors; the file is kept beside an approximate index)."""
+        from numpy.lib.format import open_memmap
+
+        rows = sum(len(part) for part in parts)
+        stacked = open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, self.dimension))
+        first = 0
+        for part in parts:
+            stacked[first:first + len(part)] = part
+            first += len(part)
+        stacked.flush()
+        return stacked
 
     def _write_meta(self, path: Path, reports: list[ReportRecords], chunks: list[StoredChunk]) -> None:
         db = sqlite3.connect(path)

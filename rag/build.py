@@ -123,10 +123,12 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
     wanted = {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
               "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION,
               "corpus": {d.source: d.sha256 for d in documents}}
+    reuse = not force  # a forced or repairing build writes every file anew
     if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
         metadata_file = metadata_path(corpus_dir)
         metadata_unchanged = not metadata_file.exists() or metadata_file.stat().st_mtime <= manifest.get("built_at", 0)
-        if metadata_unchanged and _sound(index_dir, log):
+        reuse = _sound(index_dir, log)
+        if metadata_unchanged and reuse:
             return BuildReport(str(index_dir), len(documents), manifest.get("chunks", 0), 0,
                                manifest.get("chunks", 0), time.perf_counter() - began, skipped=True,
                                failures=failures)
@@ -141,7 +143,7 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
 
     cache = cache or EmbeddingCache()
     records = _embed(documents, located, infos, duplicates, settings, embedder, cache, progress)
-    writer = store_writer(index_dir, embedder.dimension, tokenizer)
+    writer = store_writer(index_dir, embedder.dimension, tokenizer, reuse=reuse)
     for report in records.reports:
         writer.add_report(report)
     writer.commit({**wanted, "built_at": time.time(), "user_words": user_words, "duplicates": duplicates,

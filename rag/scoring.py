@@ -63,6 +63,15 @@ def best_unit_scores(store: Store, vector: np.ndarray) -> dict[int, np.float32] 
     return best
 
 
+def _members(ids: list[int], allowed: np.ndarray) -> set[int]:
+    """Which of a few ``ids`` are in the sorted array ``allowed`` (no set over every allowed passage)."""
+    if not ids or not len(allowed):
+        return set()
+    wanted = np.asarray(ids, dtype=np.int64)
+    positions = np.minimum(np.searchsorted(allowed, wanted), len(allowed) - 1)
+    return set(wanted[allowed[positions] == wanted].tolist())
+
+
 def gather(store: Store, query: Query, mode: str, vector: Callable[[], np.ndarray], depth: int,
            allowed: np.ndarray | None, folded: Callable[[int], str], sentence_candidates: bool = True
            ) -> list[Candidate]:
@@ -73,7 +82,7 @@ def gather(store: Store, query: Query, mode: str, vector: Callable[[], np.ndarra
     """
     query_vector = vector() if mode in ("hybrid", "dense") else None
     sentences = best_unit_scores(store, query_vector) if query_vector is not None else None
-    allowed_set = None if allowed is None else set(allowed.tolist())
+    allowed_set = None if allowed is None or sentences is None else _members(list(sentences), allowed)
     if mode == "hybrid":
         assert query_vector is not None
         ids: dict[int, None] = {}

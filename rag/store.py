@@ -73,7 +73,7 @@ class Store(Protocol):
         ...
 
     def allowed_ids(self, sources: Sequence[str]) -> np.ndarray:
-        """Ids of the passages of some reports (the report filter)."""
+        """Ids of the passages of some reports (the report filter), sorted."""
         ...
 
     def dense_top_k(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Scored:
@@ -169,8 +169,14 @@ def verify_store(index_dir: Path) -> list[str]:
     return file_problems(live, store.manifest.get("files"), hashes=True)
 
 
-def store_writer(index_dir: Path, dimension: int, tokenizer: Tokenizer) -> StoreWriter:
-    """A write session on the store in ``index_dir``."""
+def store_writer(index_dir: Path, dimension: int, tokenizer: Tokenizer, reuse: bool = True,
+                 update: bool = False) -> StoreWriter:
+    """A write session on the store in ``index_dir``.
+
+    The session describes the whole new state (reports not added are removed), unless ``update``:
+    then it starts from the live index and changes only the reports added or removed. ``reuse=False``
+    writes every file anew instead of keeping the unchanged parts of the live index (a damaged index).
+    """
     from .faiss_store import EmbeddedWriter
 
-    return EmbeddedWriter(index_dir, dimension, tokenizer)
+    return EmbeddedWriter(index_dir, dimension, tokenizer, reuse=reuse, update=update)

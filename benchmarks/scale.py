@@ -1,0 +1,479 @@
+"""Scale benchmark of the embedded store: 10k, 100k and 1M passages on this machine.
+
+Embedding a million passages here would take days, so the corpus is generated: every passage
+recombines real seed sentences (the sentences of a random seed passage, each replaced with
+probability ``--mix`` by a random seed sentence from anywhere), and its vectors are the real
+EmbeddingGemma vectors of those seed passages/sentences plus Gaussian noise (``--noise``, relative
+norm), renormalised. Questions are the first 20 characters of random seed sentences with that
+sentence's vector plus noise. The output says so.
+
+For each size and each store configuration it prints: build time, hybrid search p50/p95 without and
+with a report filter (analysis + retrieval + second stage; the question vector is precomputed, so
+query embedding is excluded), adding one report and deleting one (store commit, the new report's
+texts already embedded), peak RSS of the search process (a fresh process per configuration), index
+size on disk, and recall@10 of dense search (passages, and the owners of the top sentence units)
+against exact brute-force search over the same vectors.
+
+Configurations, each measured in the same run on the same generated corpus:
+
+* ``scaled``: this tree's store with ``rag/data/scale.json`` (exact below the threshold, IVF-SQ8 above);
+* ``exact``: this tree's store with every index exact (the baseline at the sizes it can handle);
+* ``rewrite``: ``scaled``, except that every commit rewrites the whole index (no segments: how adding
+  or deleting a report worked before; the baseline for the update timings and for search without segments);
+* ``main`` (with ``--baseline-tree DIR``, a checkout of an older revision): that tree's store, as it was.
+
+Usage::
+
+    python benchmarks/scale.py --seed-index index --sizes 10k,100k [--configs scaled,exact] \
+        [--baseline-tree /path/to/main] [--work /tmp/scale] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent.parent
+PASSAGES_PER_REPORT = 330  # about the seeds' size (3,000 reports ≈ a million passages, as in issue #17)
+QUESTION_CHARS = 20
+
+
+def _size(text: str) -> int:
+    text = text.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text.rstrip("km")) * scale)
+
+
+def _normalised(matrix: np.ndarray) -> np.ndarray:
+    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _noisy(base: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    jitter = rng.standard_normal(base.shape).astype(np.float32) * (noise / np.sqrt(base.shape[1]))
+    return _normalised(base + jitter)
+
+
+# -- the seed material -------------------------------------------------------------------------------------
+
+def load_seeds(seed_index: Path) -> dict:
+    """Seed passages' sentences with their real unit vectors and passage vectors, and the seed manifest."""
+    from rag.records import unit_sentences
+    from rag.store import open_store
+
+    store = open_store(seed_index)
+    passages = []
+    for chunk_id in range(len(store)):
+        chunk = store.chunk(chunk_id)
+        units = store.unit_vectors(chunk_id)
+        sentences = unit_sentences(chunk)
+        if units is None or len(units) != len(sentences) or not sentences:
+            continue
+        vector = store.dense.reconstruct(chunk_id)  # type: ignore[attr-defined]
+        passages.append((sentences, np.asarray(units, np.float32), np.asarray(vector, np.float32)))
+    manifest = {k: v for k, v in store.manifest.items() if k not in ("files", "corpus", "chunks", "indexes", "ann")}
+    return {"passages": passages, "manifest": manifest, "tokenizer_words": manifest.get("user_words", [])}
+
+
+def generate(seeds: dict, count: int, noise: float, mix: float, rng: np.random.Generator, prefix: str = "r"):
+    """``count`` passages in reports of ``PASSAGES_PER_REPORT``: (ReportRecords list, token table)."""
+    from rag.chunking import Chunk
+    from rag.metadata import ReportInfo
+    from rag.records import StoredDocument
+    from rag.store import ReportRecords
+
+    tokenizer = _seed_tokenizer(seeds)
+    passages = seeds["passages"]
+    pool = [(s, u) for sentences, units, _ in passages for s, u in zip(sentences, units, strict=True)]
+    sentence_tokens: dict[str, list[str]] = {}
+    reports, tokens = [], {}
+    for report_no, first in enumerate(range(0, count, PASSAGES_PER_REPORT)):
+        source = f"{prefix}{report_no:06d}.txt"
+        size = min(PASSAGES_PER_REPORT, count - first)
+        chunks, bases, unit_bases, owners, offset = [], [], [], [], 0
+        for position in range(size):
+            sentences, units, vector = passages[int(rng.integers(len(passages)))]
+            picked = []
+            for sentence, unit in zip(sentences, units, strict=True):
+                if rng.random() < mix:
+                    sentence, unit = pool[int(rng.integers(len(pool)))]
+                picked.append((sentence, unit))
+            text = "".join(s for s, _ in picked)
+            chunk = Chunk(source, offset, offset + len(text), text)
+            offset += len(text) + 1
+            chunks.append((f"{source}:L{position + 1}-L{position + 1}", chunk, position + 1, position + 1, None))
+            bases.append(vector)
+            for sentence, unit in picked:
+                unit_bases.append(unit)
+                owners.append(position)
+                if sentence not in sentence_tokens:
+                    sentence_tokens[sentence] = tokenizer.tokens(sentence)
+            tokens[text] = [t for s, _ in picked for t in sentence_tokens[s]]
+        document_text = "\n".join(c[1].text for c in chunks)
+        line_starts = [c[1].start for c in chunks]
+        document = StoredDocument(source, hashlib.sha256(document_text.encode()).hexdigest(), document_text,
+                                  ReportInfo(title=f"合成报告 {report_no}"), [], line_starts)
+        reports.append(ReportRecords(document, chunks, _noisy(np.vstack(bases), noise, rng),
+                                     _noisy(np.vstack(unit_bases), noise, rng), owners))
+    return reports, tokens
+
+
+def _seed_tokenizer(seeds: dict):
+    from rag.tokenize import tokenizer_for
+
+    return tokenizer_for(seeds["tokenizer_words"])
+
+
+class TableTokenizer:
+    """The index's tokenizer, except that generated passages take their tokens from a table built from
+    their seed sentences' tokens (jieba over a million passages would dominate every build here)."""
+
+    def __init__(self, real, table: dict[str, list[str]]):
+        self.real = real
+        self.table = table
+
+    def tokens(self, text: str) -> list[str]:
+        """Tokens of ``text``: from the table when it is a generated passage."""
+        found = self.table.get(text)
+        return list(found) if found is not None else self.real.tokens(text)
+
+
+def questions(seeds: dict, count: int, noise: float, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """Question texts (seed sentence heads) and their vectors (the sentence's vector plus noise)."""
+    pool = [(s, u) for sentences, units, _ in seeds["passages"] for s, u in zip(sentences, units, strict=True)]
+    picked = [pool[int(i)] for i in rng.choice(len(pool), count, replace=False)]
+    return [s[:QUESTION_CHARS] for s, _ in picked], _noisy(np.vstack([u for _, u in picked]), noise, rng)
+
+
+def exact_truth(reports, vectors: np.ndarray, k: int = 10) -> tuple[list[list[str]], list[list[str]]]:
+    """Citations of the exact top-``k`` passages and of the owners of the exact top-``k`` units, per question
+    (citations, not ids: updates renumber passages)."""
+    citations = [citation for r in reports for citation, *_ in r.chunks]
+    dense = np.vstack([r.vectors for r in reports])
+    top_passages = np.argsort(-(vectors @ dense.T), axis=1, kind="stable")[:, :k]
+    del dense
+    owners, first = [], 0
+    for r in reports:
+        owners.extend(first + o for o in r.unit_owner)
+        first += len(r.chunks)
+    owner = np.asarray(owners)
+    units = np.vstack([r.unit_vectors for r in reports])
+    scores = vectors @ units.T
+    top_units = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return ([[citations[i] for i in row] for row in top_passages],
+            [[citations[i] for i in owner[row]] for row in top_units])
+
+
+def gone_source(reports) -> str:
+    """The built report the build child deletes."""
+    return reports[len(reports) // 2].document.source
+
+
+def after_updates(reports, extra):
+    """The reports the index holds after the build child's add-one/delete-one (see ``child_build``)."""
+    gone = gone_source(reports)
+    return [r for r in reports if r.document.source != gone] + [extra]
+
+
+# -- children: build (in the configuration's tree) and search (in a fresh process) ---------------------------
+
+def child_build(args: argparse.Namespace) -> dict:
+    """Build the index of the pickled corpus, then add one new report and delete one built report (timed).
+
+    In this tree both are update sessions on the live index (a new segment; a deletion mark); the
+    ``main`` tree can only rewrite its whole index, so there they are full commits. The search child
+    then measures the index as these updates left it."""
+    with open(args.corpus_file, "rb") as handle:
+        payload = pickle.load(handle)
+    from rag import faiss_store
+
+    tokenizer = TableTokenizer(_seed_tokenizer(payload["seeds"]), payload["tokens"])
+    index_dir = Path(args.index)
+    shutil.rmtree(index_dir, ignore_errors=True)
+
+    def writer(update: bool = False):
+        if args.config == "main":
+            return faiss_store.EmbeddedWriter(index_dir, payload["dimension"], tokenizer)
+        from dataclasses import replace
+
+        from rag.ann import default_settings
+
+        settings = {"scaled": default_settings(), "exact": default_settings().exact(),
+                    "rewrite": replace(default_settings(), rewrite_below=2**62)}[args.config]
+        return faiss_store.EmbeddedWriter(index_dir, payload["dimension"], tokenizer, ann=settings, update=update)
+
+    def commit(reports, removed=(), update: bool = False) -> float:
+        session = writer(update)
+        for report in reports:
+            session.add_report(report)
+        for source in removed:
+            session.remove_report(source)
+        corpus = {r.document.source: r.document.sha256 for r in all_reports if r.document.source not in removed}
+        manifest = {**payload["seeds"]["manifest"], "built_at": time.time(), "corpus": corpus}
+        began = time.perf_counter()
+        session.commit(manifest)
+        seconds = time.perf_counter() - began
+        commits.append(getattr(session, "last_commit", {}))
+        return seconds
+
+    reports, extra = payload["reports"], payload["extra"]
+    all_reports, commits = list(reports), []
+    result = {"build_s": commit(reports)}
+    if args.child_updates:
+        all_reports = reports + [extra]
+        gone = gone_source(reports)
+        if args.config == "main":  # its only way: rewrite everything
+            result["add_one_s"] = commit(all_reports)
+            all_reports = [r for r in all_reports if r.document.source != gone]
+            result["delete_one_s"] = commit(all_reports)
+        else:
+            result["add_one_s"] = commit([extra], update=True)
+            result["delete_one_s"] = commit([], removed=[gone], update=True)
+            result.update(_check_updates(index_dir, extra, gone))
+    result["commits"] = [c.get("kind", "rewrite") for c in commits]
+    live = (index_dir / "current").resolve()
+    result["disk_mb"] = sum(p.stat().st_size for p in live.rglob("*") if p.is_file()) / 2**20
+    result["build_peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def _check_updates(index_dir: Path, extra, gone: str) -> dict:
+    """Whether the added report is found and the deleted one is gone, in the index the updates left."""
+    from rag.store import open_store
+
+    store = open_store(index_dir)
+    vector = extra.vectors[7]
+    found = set(store.dense_top_k(vector, 3).ids.tolist()) & set(store.allowed_ids([extra.document.source]).tolist())
+    deleted_gone = gone not in store.documents and not store.allowed_ids([gone]).size
+    return {"added_found": bool(found), "deleted_gone": bool(deleted_gone),
+            "segments": len(store.manifest.get("segments", [None]))}
+
+
+class FixedEncoder:
+    """Question vectors computed beforehand: the timings exclude query embedding."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]):
+        self.vectors = vectors
+
+    def encode(self, text: str) -> np.ndarray:
+        """The precomputed vector of ``text``."""
+        return self.vectors[text]
+
+    def clear(self) -> None:
+        """Nothing to forget."""
+
+
+def child_search(args: argparse.Namespace) -> dict:
+    """Open the index in this fresh process and time hybrid searches; dense top-10 for recall."""
+    from rag.query import analyse, clean_question
+    from rag.retrieve import Retriever
+    from rag.store import open_store
+
+    data = np.load(args.questions_file)
+    texts = json.loads(Path(args.questions_file).with_suffix(".json").read_text(encoding="utf-8"))
+    vectors = data["vectors"]
+    began = time.perf_counter()
+    store = open_store(Path(args.index))
+    load_s = time.perf_counter() - began
+    # Keyed by the cleaned question: that is the text retrieval embeds.
+    encoder = FixedEncoder({clean_question(q)[0]: v for q, v in zip(texts["questions"], vectors, strict=True)})
+    retriever = Retriever(store, encoder)  # type: ignore[arg-type]
+    sources = sorted(store.documents)
+    rng = np.random.default_rng(1)
+
+    def timed(filtered: bool) -> list[float]:
+        timings = []
+        for question in texts["questions"]:
+            chosen = [sources[int(rng.integers(len(sources)))]] if filtered else None
+            start = time.perf_counter()
+            retriever.search(analyse(question, store), top_k=5, sources=chosen)
+            timings.append((time.perf_counter() - start) * 1000)
+        return timings
+
+    for question in texts["questions"][:3]:  # warm-up: jieba's dictionary, first SQLite pages
+        retriever.search(analyse(question, store), top_k=5)
+    plain, filtered = timed(False), timed(True)
+    dense = [store.dense_top_k(v, 10).ids.tolist() for v in vectors]
+    units = [store.unit_top_k(v, 10).ids.tolist() for v in vectors]
+    return {"load_s": load_s, "hybrid_ms": _percentiles(plain), "hybrid_filtered_ms": _percentiles(filtered),
+            "search_peak_rss_mb": peak_rss_mb(),
+            "dense_top10": [[store.chunk(i).citation for i in row] for row in dense],
+            "unit_owner_top10": [[store.chunk(i).citation for i in row] for row in units]}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: unlike ``ru_maxrss`` it does not carry the parent's peak
+    across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _percentiles(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+            "n": len(ordered)}
+
+
+def _run_child(mode: str, tree: Path, extra: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, *extra]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} child failed ({tree}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- the parent -----------------------------------------------------------------------------------------------
+
+def recall(found: list[list[str]], truth) -> float:
+    """Mean share of the exact top-10 (as a multiset of citations) found by the approximate top-10."""
+    shares = []
+    for got, want in zip(found, truth, strict=True):
+        want = list(want)
+        shares.append(sum((Counter(got) & Counter(want)).values()) / max(1, len(want)))
+    return statistics.fmean(shares)
+
+
+def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
+    """Generate ``size`` passages, build and search each configuration, compute recall."""
+    rng = np.random.default_rng(size)
+    work = Path(args.work) / f"n{size}"
+    work.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    corpus_file, questions_file = work / "corpus.pkl", work / "questions.npz"
+    if args.reuse_corpus and corpus_file.exists() and questions_file.with_suffix(".json").exists():
+        # The same seeded generation, kept by an earlier run of this size (generating 100k takes minutes).
+        with open(corpus_file, "rb") as handle:
+            payload = pickle.load(handle)
+        reports, extra = payload["reports"], [payload["extra"]]
+        vectors = np.load(questions_file)["vectors"]
+        del payload
+        log(f"{size:,} passages: generated corpus reused from {corpus_file}")
+    else:
+        reports, tokens = generate(seeds, size, args.noise, args.mix, rng)
+        extra, extra_tokens = generate(seeds, PASSAGES_PER_REPORT, args.noise, args.mix, rng, prefix="zz-new-")
+        tokens.update(extra_tokens)
+        texts, vectors = questions(seeds, args.queries, args.noise, rng)
+        with open(corpus_file, "wb") as handle:
+            pickle.dump({"reports": reports, "extra": extra[0], "tokens": tokens, "dimension": vectors.shape[1],
+                         "seeds": {k: v for k, v in seeds.items() if k != "passages"}}, handle, protocol=5)
+        del tokens
+        np.savez(questions_file, vectors=vectors)
+        questions_file.with_suffix(".json").write_text(json.dumps({"questions": texts}, ensure_ascii=False),
+                                                       encoding="utf-8")
+    truth_passages, truth_units = exact_truth(after_updates(reports, extra[0]) if args.updates else reports, vectors)
+    units = sum(len(r.unit_owner) for r in reports)
+    del reports, extra
+    log(f"{size:,} passages, {units:,} units generated in {time.perf_counter() - began:.0f} s")
+    result = {"passages": size, "units": units, "configs": {}}
+    for config in args.configs:
+        if config == "exact" and size > args.exact_max:
+            continue
+        tree = Path(args.baseline_tree) if config == "main" else HERE
+        index = work / f"index-{config}"
+        numbers = _run_child("build", tree, ["--config", config, "--corpus-file", str(corpus_file),
+                                             "--index", str(index)] + (["--child-updates"] if args.updates else []))
+        log(f"  {config}: built in {numbers['build_s']:.0f} s")
+        searched = _run_child("search", tree, ["--index", str(index), "--questions-file", str(questions_file)])
+        numbers.update({k: v for k, v in searched.items() if not k.endswith("top10")})
+        numbers["dense_recall@10"] = recall(searched["dense_top10"], truth_passages)
+        numbers["unit_recall@10"] = recall(searched["unit_owner_top10"], truth_units)
+        numbers["load_average_1min"] = os.getloadavg()[0]  # how busy the shared machine was
+        result["configs"][config] = numbers
+        log(f"  {config}: {json.dumps(_rounded(numbers), ensure_ascii=False)}")
+        shutil.rmtree(index, ignore_errors=True)
+    if not args.keep_corpus:
+        corpus_file.unlink()
+    return result
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 3 if value < 10 else 1)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def table(results: list[dict]) -> str:
+    """The numbers as a Markdown table, one row per size and configuration."""
+    head = ("| passages | units | config | hybrid p50/p95 ms | filtered p50/p95 ms | add one s | delete one s "
+            "| build s | load s | search peak RSS MB | disk MB | dense recall@10 | unit recall@10 |")
+    lines = [head, "|" + " --- |" * 13]
+    for result in results:
+        for name, n in result["configs"].items():
+            lines.append(
+                f"| {result['passages']:,} | {result['units']:,} | {name} "
+                f"| {n['hybrid_ms']['p50']:.1f} / {n['hybrid_ms']['p95']:.1f} "
+                f"| {n['hybrid_filtered_ms']['p50']:.1f} / {n['hybrid_filtered_ms']['p95']:.1f} "
+                f"| {n.get('add_one_s', float('nan')):.1f} | {n.get('delete_one_s', float('nan')):.1f} "
+                f"| {n['build_s']:.1f} | {n['load_s']:.1f} | {n['search_peak_rss_mb']:.0f} | {n['disk_mb']:.0f} "
+                f"| {n['dense_recall@10']:.3f} | {n['unit_recall@10']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed-index", default="index", help="an index of the seed reports built with the real model")
+    parser.add_argument("--sizes", default="10k,100k", help="comma-separated passage counts: 10k,100k,1m")
+    parser.add_argument("--configs", default="scaled,exact,rewrite",
+                        help="scaled, exact, rewrite, main (needs --baseline-tree)")
+    parser.add_argument("--baseline-tree", help="a checkout whose store is the 'main' configuration")
+    parser.add_argument("--exact-max", type=_size, default=_size("100k"), help="largest size for the exact config")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--noise", type=float, default=0.5, help="relative norm of the noise added to seed vectors")
+    parser.add_argument("--mix", type=float, default=0.3, help="chance a sentence is swapped for a random seed one")
+    parser.add_argument("--no-updates", dest="updates", action="store_false", help="skip add-one/delete-one")
+    parser.add_argument("--work", default="/tmp/rag-scale")
+    parser.add_argument("--keep-corpus", action="store_true", help="keep each size's generated corpus in --work")
+    parser.add_argument("--reuse-corpus", action="store_true", help="use a corpus an earlier run kept in --work")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", choices=["build", "search"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus-file", help=argparse.SUPPRESS)
+    parser.add_argument("--index", help=argparse.SUPPRESS)
+    parser.add_argument("--questions-file", help=argparse.SUPPRESS)
+    # Its own name: sharing the dest "updates" with --no-updates made the child's default True (the first
+    # action's default wins), so --no-updates never reached it.
+    parser.add_argument("--child-updates", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child_build(args) if args.child == "build" else child_search(args)))
+        return
+    args.configs = [c for c in args.configs.split(",") if c]
+    if "main" in args.configs and not args.baseline_tree:
+        parser.error("the main configuration needs --baseline-tree")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log("语料与向量为合成数据 / generated data: passages recombine real seed sentences (mix "
+        f"{args.mix}); vectors are real EmbeddingGemma seed vectors plus Gaussian noise (relative norm "
+        f"{args.noise}), renormalised; questions are seed sentence heads with noisy sentence vectors; "
+        "BM25 tokens of generated passages are their seed sentences' jieba tokens. Query embedding excluded.")
+    seeds = load_seeds(Path(args.seed_index))
+    results = [run_size(_size(size), seeds, args, log) for size in args.sizes.split(",")]
+    from rag.ann import default_settings
+
+    summary = {"generated_data": True, "noise": args.noise, "mix": args.mix, "queries": args.queries,
+               "cpu_count": os.cpu_count(), "ann": default_settings().as_dict(), "results": _rounded(results)}
+    print(json.dumps(summary, ensure_ascii=False, indent=1) if args.json else table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Vector indexes for the embedded store: exact search for small corpora, IVF + 8-bit scalar quantisation above.
+
+A flat (exact) inner-product index answers a small corpus in microseconds and gives the exact
+scores retrieval was tuned on, so it is kept below a size threshold. Above it, an inverted-file
+index over 8-bit quantised vectors (``IndexIVFScalarQuantizer``) scans only ``nprobe`` of its
+``nlist`` lists per question; the exact float32 vectors stay on disk beside it (memory-mapped) and
+re-score every hit, so the scores handed to retrieval are exact cosines even when the candidate
+list is approximate. A report filter over few passages skips the approximate index altogether and
+scores the allowed passages exactly.
+
+The threshold and the IVF parameters live in ``rag/data/scale.json`` with their provenance (the
+benchmark run that measured recall and latency: ``python benchmarks/scale.py``), not in code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+FLAT = "flat"
+IVF_SQ8 = "ivf_sq8"
+
+
+@dataclass(frozen=True)
+class AnnSettings:
+    """When and how a vector index becomes approximate (see ``rag/data/scale.json``)."""
+
+    exact_below: int  # vectors: an index with fewer is exact (flat)
+    lists_per_sqrt: float  # nlist = lists_per_sqrt × √n, clamped to [min_lists, max_lists]
+    min_lists: int
+    max_lists: int
+    train_per_list: int  # k-means training sample: this many vectors per list
+    nprobe: int  # lists scanned per question
+    exact_filter_below: int  # a report filter allowing fewer passages than this is scored exactly
+    idf_exact_below: int  # passages: below, IDF counts substring matches in every text; above, BM25 df
+    rewrite_below: int  # passages: an index smaller than this is rewritten whole on every commit (no segments)
+    max_segments: int  # more small segments than this beside the base are merged into one
+    merge_share: float  # small segments plus deleted passages above this share of all stored: rewrite whole
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as recorded in a manifest."""
+        return asdict(self)
+
+    def exact(self) -> AnnSettings:
+        """The same settings with every index exact (today's behaviour at any size; benchmarks' baseline)."""
+        big = 2**62
+        return replace(self, exact_below=big, idf_exact_below=big)
+
+    def same_indexes(self, other: dict) -> bool:
+        """Whether an index written with the settings ``other`` (a manifest's) has the vector indexes and
+        IDF these settings would give it (the segment policy may differ)."""
+        shaping = ("exact_below", "lists_per_sqrt", "min_lists", "max_lists", "train_per_list", "idf_exact_below")
+        mine = self.as_dict()
+        return all(other.get(key) == mine[key] for key in shaping)
+
+    def lists_for(self, count: int) -> int:
+        """How many inverted lists an index of ``count`` vectors gets."""
+        return int(min(self.max_lists, max(self.min_lists, round(self.lists_per_sqrt * math.sqrt(count)))))
+
+
+@lru_cache(maxsize=1)
+def _data() -> dict:
+    return json.loads(resources.files("rag.data").joinpath("scale.json").read_text(encoding="utf-8"))
+
+
+def default_settings() -> AnnSettings:
+    """The settings in ``rag/data/scale.json``."""
+    return AnnSettings(**_data()["values"])
+
+
+def provenance() -> dict:
+    """Where the values in ``rag/data/scale.json`` come from."""
+    return dict(_data()["provenance"])
+
+
+def build_index(vectors: np.ndarray, settings: AnnSettings, with_ids: bool) -> tuple[Any, str]:
+    """An index over ``vectors`` (ids 0..n-1) and its kind: flat below the threshold, IVF-SQ8 above.
+
+    ``with_ids`` wraps a flat index in ``IndexIDMap2`` (the passage index's format since format 1).
+    """
+    import faiss
+
+    count, dimension = vectors.shape
+    if count < settings.exact_below:
+        flat = faiss.IndexFlatIP(dimension)
+        if with_ids:
+            index = faiss.IndexIDMap2(flat)
+            index.add_with_ids(vectors, np.arange(count, dtype=np.int64))
+            return index, FLAT
+        flat.add(vectors)
+        return flat, FLAT
+    lists = settings.lists_for(count)
+    quantizer = faiss.IndexFlatIP(dimension)
+    # faiss's Python wrapper keeps the quantizer alive as long as the IVF index refers to it.
+    ivf = faiss.IndexIVFScalarQuantizer(quantizer, dimension, lists, faiss.ScalarQuantizer.QT_8bit,
+                                        faiss.METRIC_INNER_PRODUCT)
+    sample_size = min(count, lists * settings.train_per_list)
+    sample = vectors[np.sort(np.random.default_rng(0).choice(count, sample_size, replace=False))]
+    ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
+    for start in range(0, count, 65536):  # in slices: no second full-size copy of the vectors
+        ivf.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
+    return ivf, IVF_SQ8
+
+
+def approximate_search(index: Any, exact: np.ndarray, query: np.ndarray, k: int, nprobe: int,
+                       allowed: np.ndarray | None = None, selector: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and exact cosines of the approximately best ``k`` vectors of an IVF index (optionally only
+    ``allowed`` ids, or those a FAISS ``selector`` lets through); ``exact`` holds the float32 vectors
+    the hits are re-scored with."""
+    import faiss
+
+    if allowed is not None:
+        selector = faiss.IDSelectorBatch(allowed)
+    params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)  # type: ignore[call-arg]
+    _, ids = index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
+    found = ids[0][ids[0] >= 0]
+    return found, exact_scores(exact, query, found)
+
+
+def open_exact(path) -> np.ndarray:
+    """The exact vectors beside an approximate index, memory-mapped for random access: only the rows of
+    hits are read, and without read-ahead (which would map whole neighbourhoods of every row touched
+    and make most of the file resident after a few hundred questions)."""
+    import mmap
+
+    vectors = np.load(path, mmap_mode="r")
+    raw = getattr(vectors, "_mmap", None)
+    if raw is not None and hasattr(raw, "madvise"):
+        raw.madvise(mmap.MADV_RANDOM)
+    return vectors
+
+
+def exact_scores(vectors: np.ndarray, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """float32 inner products of ``query`` with the rows ``ids`` of a (memory-mapped) vector array."""
+    if not len(ids):
+        return np.zeros(0, dtype=np.float32)
+    order = np.argsort(ids, kind="stable")  # read the memory-mapped rows in file order
+    rows = np.asarray(vectors[ids[order]], dtype=np.float32)
+    scores = np.empty(len(ids), dtype=np.float32)
+    scores[order] = rows @ np.asarray(query, dtype=np.float32)
+    return scores
+
+
+def top_k_stable(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest values, best first, ties by position: what a stable full sort of
+    ``-values`` would put first, in O(n) instead of O(n log n)."""
+    if k <= 0 or not len(values):
+        return np.zeros(0, dtype=np.int64)
+    if k < len(values):
+        threshold = np.partition(values, len(values) - k)[len(values) - k]
+        above = np.flatnonzero(values > threshold)
+        ties = np.flatnonzero(values == threshold)[:k - len(above)]
+        chosen = np.concatenate([above, ties])
+    else:
+        chosen = np.arange(len(values))
+    return chosen[np.lexsort((chosen, -values[chosen]))][:k]

@@ -1,0 +1,348 @@
+"""The embedded store at scale: IVF-SQ8 indexes, exact re-scoring, report filters, IDF, on-demand passages.
+
+The same seed corpus (tiny model) is written twice: once as ``ReportQA`` builds it (small, so every
+index is exact) and once with settings that make every index approximate, so the large-index code
+paths run on real text, real FAISS and real bm25s in a few seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag.ann import FLAT, IVF_SQ8, default_settings, provenance, top_k_stable
+from rag.api import ReportQA
+from rag.chunking import Chunk
+from rag.faiss_store import EmbeddedStore, EmbeddedWriter
+from rag.query import analyse
+from rag.retrieve import Retriever
+from rag.store import ReportRecords, open_store, verify_store
+from tests.conftest import copy_corpus
+
+
+@pytest.fixture(scope="module")
+def exact_qa(tiny_model, tmp_path_factory) -> ReportQA:
+    """The seed reports indexed as usual (small: every index exact)."""
+    root = tmp_path_factory.mktemp("scale")
+    qa = ReportQA(corpus_dir=copy_corpus(root / "corpus"), index_dir=root / "index", model=tiny_model)
+    qa.build()
+    return qa
+
+
+def _rewrite(store: EmbeddedStore, index_dir: Path, **settings) -> EmbeddedStore:
+    """The same reports and vectors written again with other ``rag.ann`` settings."""
+    writer = EmbeddedWriter(index_dir, store.dense.d, store.tokenizer, ann=replace(default_settings(), **settings))
+    for source, document in store.documents.items():
+        chunks = store.chunks_of(source)
+        units = [store.unit_vectors(c.id) for c in chunks]
+        writer.add_report(ReportRecords(
+            document,
+            [(c.citation, Chunk(c.source, c.start, c.end, c.text, c.heading, c.table_header, c.kind),
+              c.line_start, c.line_end, c.page) for c in chunks],
+            store.dense.reconstruct_batch(np.array([c.id for c in chunks], dtype=np.int64)),  # type: ignore[attr-defined]
+            np.vstack(units).astype(np.float32),
+            [position for position, u in enumerate(units) for _ in range(len(u))]))
+    writer.commit({k: v for k, v in store.manifest.items() if k not in ("files", "indexes", "ann", "chunks")})
+    return EmbeddedStore(index_dir)
+
+
+@pytest.fixture(scope="module")
+def approximate(exact_qa, tmp_path_factory) -> EmbeddedStore:
+    """The seed index with every vector index IVF-SQ8, scanning every list, IDF from BM25 document frequencies."""
+    return _rewrite(exact_qa.store, tmp_path_factory.mktemp("approximate") / "index", exact_below=1, min_lists=8,
+                    max_lists=8, train_per_list=40, nprobe=8, exact_filter_below=1, idf_exact_below=1)
+
+
+def test_scale_settings_come_from_the_data_file_with_provenance():
+    settings = default_settings()
+    assert settings.exact_below > 10_000 and settings.nprobe >= 1
+    assert provenance()["command"].startswith("python benchmarks/scale.py")
+    assert settings.exact().exact_below > 10**12
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 50, 500])
+def test_top_k_stable_is_a_stable_sort_prefix(k):
+    values = np.random.default_rng(k).integers(0, 7, size=200).astype(np.float64)  # many ties
+    assert top_k_stable(values, k).tolist() == np.argsort(-values, kind="stable")[:k].tolist()
+
+
+def test_the_seed_index_stays_exact(exact_qa):
+    store = exact_qa.store
+    assert store.manifest["indexes"] == {"dense": FLAT, "units": FLAT}
+    assert not (store.version_dir / "dense.npy").exists()
+
+
+def test_large_index_is_approximate_with_exact_scores(exact_qa, approximate):
+    exact = exact_qa.store
+    assert approximate.manifest["indexes"] == {"dense": IVF_SQ8, "units": IVF_SQ8}
+    vectors = exact.dense.reconstruct_n(0, len(exact))  # type: ignore[attr-defined]
+    for chunk_id in range(0, len(exact), 37):
+        top = approximate.dense_top_k(vectors[chunk_id], 5)
+        # A stored vector finds itself or a near-copy (the tiny random model's vectors are all close together,
+        # closer than 8-bit quantisation can tell apart).
+        assert chunk_id in top.ids or top.scores[0] >= vectors[chunk_id] @ vectors[chunk_id] - 1e-3
+        assert np.allclose(top.scores, vectors[top.ids] @ vectors[chunk_id], atol=1e-5)  # re-scored exactly
+        ids = [chunk_id, 0, len(exact) - 1]
+        assert np.allclose(approximate.dense_scores(vectors[chunk_id], ids), exact.dense_scores(vectors[chunk_id], ids),
+                           atol=1e-5)
+    for chunk_id in (0, 5, len(exact) - 1):
+        ours, theirs = approximate.unit_vectors(chunk_id), exact.unit_vectors(chunk_id)
+        assert ours is not None and theirs is not None and np.allclose(ours, theirs)
+    units = approximate.unit_top_k(vectors[3], 20)
+    reference = exact.unit_top_k(vectors[3], 20)
+    assert units.ids[0] == reference.ids[0] and np.isclose(units.scores[0], reference.scores[0], atol=1e-5)
+
+
+def test_report_filter_is_id_ranges_and_applies_on_every_path(exact_qa, approximate, tmp_path):
+    exact = exact_qa.store
+    source = sorted(exact.documents)[2]
+    allowed = approximate.allowed_ids([source, source])
+    assert allowed.tolist() == [c.id for c in exact.chunks_of(source)] == exact.allowed_ids([source]).tolist()
+    vector = exact.dense.reconstruct(int(allowed[4]))  # type: ignore[attr-defined]
+    through_ivf = approximate.dense_top_k(vector, 10, allowed)  # exact_filter_below=1: the IVF selector path
+    assert set(through_ivf.ids.tolist()) <= set(allowed.tolist())
+    assert allowed[4] in through_ivf.ids or through_ivf.scores[0] >= vector @ vector - 1e-3
+    scanned = _rewrite(exact, tmp_path / "scanned", exact_below=1, min_lists=8, max_lists=8, nprobe=1,
+                       exact_filter_below=10**6)
+    brute = scanned.dense_top_k(vector, 10, allowed)  # few allowed passages: scored exactly, no IVF
+    expected = exact.dense_top_k(vector, 10, allowed)
+    assert brute.ids.tolist() == expected.ids.tolist()
+    tokens = exact.tokenizer.tokens("大模型")
+    assert approximate.bm25_top_k(tokens, 5, allowed).ids.tolist() == exact.bm25_top_k(tokens, 5, allowed).ids.tolist()
+
+
+def test_large_index_idf_reads_bm25_document_frequencies(exact_qa, approximate):
+    texts = [exact_qa.store.tokenizer.tokens(c.text) for source in approximate.documents
+             for c in approximate.chunks_of(source)]
+    for term in ("模型", "gpt", "没有这个词"):
+        frequency = sum(1 for tokens in texts if term in tokens)
+        expected = np.log((len(approximate) + 1) / (frequency + 0.5))
+        assert approximate.idf(term) == pytest.approx(expected, rel=0.05)  # ±: tables add a header row
+
+
+def test_passages_come_from_sqlite_on_demand_and_hybrid_search_works(exact_qa, approximate):
+    assert not hasattr(approximate, "chunks")  # nothing per passage is held at load
+    first = exact_qa.store.chunk(7)
+    assert approximate.chunk(7) == first and approximate.chunk_by_citation(first.citation) == first
+    assert approximate.chunk_by_citation("no-such.txt:L1-L2") is None
+    assert approximate.aliases.pairs == exact_qa.store.aliases.pairs
+    question = "阿里通义大模型的合作伙伴"
+    vector = exact_qa.encoder.encode(question)
+
+    class Fixed:
+        def encode(self, text: str) -> np.ndarray:
+            return vector
+
+    hits = Retriever(approximate, Fixed()).search(analyse(question, approximate), top_k=5)  # type: ignore[arg-type]
+    assert len(hits) == 5 and all(h.chunk == approximate.chunk(h.chunk.id) for h in hits)
+
+
+def test_approximate_index_survives_the_load_checks(approximate, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(approximate.index_dir, copy, symlinks=True)
+    live = (copy / "current").resolve()
+    np.save(live / "dense.npy", np.load(live / "dense.npy")[:-1])
+    with pytest.raises(Exception, match="rag index"):
+        open_store(copy)
+
+
+def test_sentence_candidates_keep_only_allowed_passages():
+    from rag.scoring import _members
+
+    allowed = np.array([2, 3, 4, 10, 11], dtype=np.int64)
+    assert _members([0, 3, 11, 12, 5], allowed) == {3, 11}
+    assert _members([1], np.zeros(0, dtype=np.int64)) == set() and _members([], allowed) == set()
+
+
+# -- segments: adding and deleting a report without rewriting the index ---------------------------------------
+
+SEGMENTED = {"rewrite_below": 1, "merge_share": 1.0, "max_segments": 8}  # never rewrite whole on its own
+
+
+def _records(store: EmbeddedStore) -> dict[str, ReportRecords]:
+    from rag.faiss_store import _read_report
+
+    return {source: _read_report(segment, source) for segment in store.segments for source in segment.live_spans}
+
+
+def _writer(index_dir: Path, store: EmbeddedStore, update: bool, **settings) -> EmbeddedWriter:
+    return EmbeddedWriter(index_dir, store.dense.d, store.tokenizer, ann=replace(default_settings(), **settings),
+                          update=update)
+
+
+def _manifest(store: EmbeddedStore) -> dict:
+    return {k: v for k, v in store.manifest.items() if k not in ("files", "indexes", "ann", "chunks", "segments")}
+
+
+@pytest.fixture(scope="module")
+def seed_records(exact_qa) -> dict[str, ReportRecords]:
+    """Every seed report as the writer receives it (read back from the exact index)."""
+    return _records(exact_qa.store)
+
+
+def _commit(index_dir: Path, store: EmbeddedStore, reports, update=False, removed=(), **settings) -> EmbeddedWriter:
+    writer = _writer(index_dir, store, update, **{**SEGMENTED, **settings})
+    for report in reports:
+        writer.add_report(report)
+    for source in removed:
+        writer.remove_report(source)
+    writer.commit(_manifest(store))
+    return writer
+
+
+def _by_citation(store: EmbeddedStore, scored) -> list[tuple[str, float]]:
+    return [(store.chunk(i).citation, round(float(s), 5)) for i, s in zip(scored.ids, scored.scores, strict=True)]
+
+
+@pytest.mark.parametrize("vectors", ["flat", "ivf"])
+def test_adding_a_report_writes_only_a_new_segment(exact_qa, seed_records, tmp_path, vectors):
+    ivf = {"exact_below": 1, "min_lists": 4, "max_lists": 4, "nprobe": 4, "exact_filter_below": 1}
+    ivf = ivf if vectors == "ivf" else {}
+    exact = exact_qa.store
+    sources = sorted(seed_records)
+    index_dir = tmp_path / "index"
+    _commit(index_dir, exact, [seed_records[s] for s in sources[:4]], **ivf)
+    before = EmbeddedStore(index_dir)
+    writer = _commit(index_dir, exact, [seed_records[sources[4]]], update=True, **ivf)
+    assert writer.last_commit == {"kind": "segment", "written_passages": len(seed_records[sources[4]].chunks),
+                                  "segments": 2}
+    after = EmbeddedStore(index_dir)
+    assert [e["path"] for e in after.manifest["segments"]][0] == "." and len(after.segments) == 2
+    # The base segment's files are the previous version's, linked, not copied.
+    assert (after.version_dir / "dense.faiss").stat().st_ino == (before.version_dir / "dense.faiss").stat().st_ino
+    assert sorted(after.documents) == sources and len(after) == len(exact)
+    added = after.chunks_of(sources[4])
+    assert [c.text for c in added] == [c.text for c in exact.chunks_of(sources[4])]
+    assert after.allowed_ids([sources[4]]).tolist() == [c.id for c in added]
+    assert after.chunk_by_citation(added[3].citation) == added[3] == after.chunk(added[3].id)
+    vector = seed_records[sources[4]].vectors[3]
+    top = after.dense_top_k(vector, 5)
+    assert added[3].id in top.ids or top.scores[0] >= vector @ vector - 1e-3
+    if vectors == "flat":  # exact search over two segments is exact search over the whole
+        assert _by_citation(after, top) == _by_citation(exact, exact.dense_top_k(vector, 5))
+        units = after.unit_top_k(vector, 10)
+        assert [after.chunk(i).citation for i in units.ids] == [exact.chunk(i).citation for i in
+                                                                exact.unit_top_k(vector, 10).ids]
+        ids = [added[0].id, 0, added[-1].id]
+        same = [exact.chunk_by_citation(after.chunk(i).citation).id for i in ids]  # type: ignore[union-attr]
+        assert np.allclose(after.dense_scores(vector, ids), exact.dense_scores(vector, same), atol=1e-5)
+    filtered = after.dense_top_k(vector, 5, after.allowed_ids([sources[4]]))
+    assert set(filtered.ids.tolist()) <= {c.id for c in added} and len(filtered.ids) == 5
+    assert np.allclose(after.unit_vectors(added[3].id), seed_records[sources[4]].unit_vectors[
+        [i for i, owner in enumerate(seed_records[sources[4]].unit_owner) if owner == 3]])
+    # BM25 over segments weighs each segment's terms with the whole index's IDF: nearly the scores of one index
+    # (only the length normalisation differs: each segment has its own average passage length).
+    for words in ("阿里通义大模型的合作伙伴", "GPT-3 参数量", "算力"):
+        tokens = exact.tokenizer.tokens(words)
+        ours, theirs = dict(_by_citation(after, after.bm25_top_k(tokens, 10))), \
+            dict(_by_citation(exact, exact.bm25_top_k(tokens, 10)))
+        assert len(set(list(ours)[:5]) & set(list(theirs)[:5])) >= 4
+        for citation in set(ours) & set(theirs):
+            assert ours[citation] == pytest.approx(theirs[citation], rel=0.05)
+    assert not verify_store(index_dir)  # rag check: every file, linked or new, matches its checksum
+
+
+def test_deleting_and_replacing_a_report_hides_the_old_passages(exact_qa, seed_records, tmp_path):
+    exact = exact_qa.store
+    sources = sorted(seed_records)
+    index_dir = tmp_path / "index"
+    _commit(index_dir, exact, [seed_records[s] for s in sources])
+    gone, changed = sources[1], sources[3]
+    old = exact.chunks_of(gone)
+    writer = _commit(index_dir, exact, [], update=True, removed=[gone])
+    assert writer.last_commit["written_passages"] == 0
+    store = EmbeddedStore(index_dir)
+    assert gone not in store.documents and len(store) == len(exact) - len(old)
+    assert store.allowed_ids([gone]).size == 0 and store.chunks_of(gone) == []
+    assert store.chunk_by_citation(old[2].citation) is None
+    with pytest.raises(IndexError):
+        store.chunk(old[2].id)
+    for chunk in old[::7]:
+        vector = seed_records[gone].vectors[chunk.id - old[0].id]
+        for found in (store.dense_top_k(vector, 20).ids, store.unit_top_k(vector, 50).ids,
+                      store.bm25_top_k(exact.tokenizer.tokens(chunk.text[:30]), 50).ids):
+            assert not {c.id for c in old} & set(found.tolist())
+    # Replacing: the new text is found, the old one no longer.
+    report = seed_records[changed]
+    citation, first, *rest = report.chunks[0]
+    edited = replace(first, text=first.text + "独一无二的新增词语甲乙丙")
+    new_report = replace(report, chunks=[(citation, edited, *rest), *report.chunks[1:]],
+                         document=replace(report.document, sha256="changed"))
+    _commit(index_dir, exact, [new_report], update=True)
+    store = EmbeddedStore(index_dir)
+    assert [len(s.deleted) for s in store.segments] == [2, 0]
+    assert store.documents[changed].sha256 == "changed" and len(store) == len(exact) - len(old)
+    hits = store.bm25_top_k(store.tokenizer.tokens("独一无二的新增词语甲乙丙"), 3)
+    assert store.chunk(int(hits.ids[0])).text.endswith("甲乙丙") and store.chunk(int(hits.ids[0])).source == changed
+    assert len(store.chunks_of(changed)) == len(report.chunks)
+    assert not verify_store(index_dir)
+
+
+def test_a_build_session_rewrites_only_changed_reports(exact_qa, seed_records, tmp_path):
+    exact = exact_qa.store
+    sources = sorted(seed_records)
+    index_dir = tmp_path / "index"
+    _commit(index_dir, exact, [seed_records[s] for s in sources])
+    unchanged = _commit(index_dir, exact, [seed_records[s] for s in sources])  # the same state again
+    assert unchanged.last_commit == {"kind": "segment", "written_passages": 0, "segments": 1}
+    report = seed_records[sources[2]]
+    moved = replace(report, document=replace(report.document, duplicates=["elsewhere.txt"]))
+    writer = _commit(index_dir, exact, [seed_records[s] for s in sources if s not in sources[2:4]] + [moved])
+    assert writer.last_commit == {"kind": "segment", "written_passages": len(report.chunks), "segments": 2}
+    store = EmbeddedStore(index_dir)
+    assert sorted(store.documents) == sorted(set(sources) - {sources[3]})
+    assert store.documents[sources[2]].duplicates == ["elsewhere.txt"]
+
+
+def test_small_segments_are_merged_and_a_large_change_rewrites_the_whole_index(exact_qa, seed_records, tmp_path):
+    exact = exact_qa.store
+    sources = sorted(seed_records)
+    index_dir = tmp_path / "index"
+    _commit(index_dir, exact, [seed_records[sources[0]]])
+    _commit(index_dir, exact, [seed_records[sources[1]]], update=True, max_segments=1)
+    merged = _commit(index_dir, exact, [seed_records[sources[2]]], update=True, max_segments=1)
+    assert merged.last_commit["segments"] == 2
+    store = EmbeddedStore(index_dir)
+    assert sorted(store.documents) == sources[:3] and len(store.segments) == 2
+    assert [c.text for c in store.chunks_of(sources[1])] == [c.text for c in exact.chunks_of(sources[1])]
+    whole = _commit(index_dir, exact, [seed_records[sources[3]]], update=True, merge_share=0.1)
+    assert whole.last_commit == {"kind": "rewrite", "written_passages": sum(
+        len(seed_records[s].chunks) for s in sources[:4]), "segments": 1}
+    store = EmbeddedStore(index_dir)
+    fresh = _commit(tmp_path / "fresh", exact, [seed_records[s] for s in sources[:4]])
+    assert fresh.last_commit["kind"] == "rewrite"
+    reference = EmbeddedStore(tmp_path / "fresh")
+    assert [store.chunk(i).citation for i in range(len(store))] == \
+        [reference.chunk(i).citation for i in range(len(reference))]
+    assert np.allclose(store.unit_vectors(5), reference.unit_vectors(5))
+
+
+def test_a_crash_while_adding_a_report_loses_nothing(exact_qa, seed_records, tmp_path, monkeypatch):
+    from rag import faiss_store
+
+    exact = exact_qa.store
+    sources = sorted(seed_records)
+    index_dir = tmp_path / "index"
+    _commit(index_dir, exact, [seed_records[s] for s in sources[:4]])
+    live = (index_dir / "current").resolve()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill between the linked files and the new segment would
+
+    monkeypatch.setattr(faiss_store.EmbeddedWriter, "_write_segment", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _commit(index_dir, exact, [seed_records[sources[4]]], update=True)
+    monkeypatch.undo()
+    assert (index_dir / "current").resolve() == live and not list(index_dir.glob(".build-*"))
+    store = EmbeddedStore(index_dir)
+    assert sorted(store.documents) == sources[:4] and not verify_store(index_dir)
+
+
+def test_the_seed_build_is_one_segment(exact_qa):
+    store = exact_qa.store
+    assert [(e["path"], e["offset"], e["deleted"]) for e in store.manifest["segments"]] == [(".", 0, [])]

@@ -369,7 +369,7 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, c
 @click.pass_context
 @handle_errors
 def bench_command(ctx, cold: bool) -> None:
-    """Measure build time, passage sizes, query latency per mode, peak memory and cold start."""
+    """Measure build time, query latency per mode, peak memory and cold start, per embedding backend vs torch fp32."""
     from .api import default_corpus_dir, default_index_dir
     from .bench import run_bench
 
@@ -377,6 +377,7 @@ def bench_command(ctx, cold: bool) -> None:
     numbers = run_bench(options["corpus"] or default_corpus_dir(), options["index"] or default_index_dir(),
                         cold=cold, log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(numbers, ensure_ascii=False, indent=2))
+    click.echo(numbers["table"], err=True)
 
 
 @main.command("ui")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -75,18 +76,17 @@ class SentenceTransformerEmbedder:
         self._query_prompt = self.model.prompts.get("query", "")
 
     def embed_documents(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
-        """Encode passages in batches, reporting (done, total) after each batch."""
-        vectors = []
-        for begin in range(0, len(texts), self.batch_size):
-            batch = list(texts[begin:begin + self.batch_size])
+        """Encode passages longest-first in batches (less padding), reporting (done, total) after each."""
+        result = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for begin in range(0, len(order), self.batch_size):
+            chosen = order[begin:begin + self.batch_size]
             with self._lock:
-                vectors.append(self.model.encode(batch, batch_size=self.batch_size, prompt="",
-                                                 normalize_embeddings=True, convert_to_numpy=True))
+                result[chosen] = self.model.encode([texts[i] for i in chosen], batch_size=self.batch_size, prompt="",
+                                                   normalize_embeddings=True, convert_to_numpy=True)
             if progress:
                 progress(min(begin + self.batch_size, len(texts)), len(texts))
-        if not vectors:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.vstack(vectors).astype(np.float32)
+        return result
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Encode questions with the model's query prompt."""
@@ -138,17 +138,66 @@ def resolve_model(model: str | None) -> Path | str:
     return chosen
 
 
-_EMBEDDERS: dict[str, Embedder] = {}
+_EMBEDDERS: dict[tuple[str, str], Embedder] = {}
 _EMBEDDERS_LOCK = threading.Lock()
 
 
+BACKENDS = ("auto", "openvino", "torch")
+
+
+def embed_backend() -> str:
+    """Chosen runtime: ``RAG_EMBED_BACKEND`` = auto (default) | openvino | torch."""
+    backend = os.environ.get("RAG_EMBED_BACKEND", "auto").lower()
+    if backend not in BACKENDS:
+        raise RagError(f"RAG_EMBED_BACKEND 只能是 {'/'.join(BACKENDS)} / must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _openvino_embedder(model: str) -> Embedder | None:
+    """The OpenVINO embedder of the bundled model if its export loads and passes the probe check, else None.
+
+    Any failure is one line on stderr and the caller falls back to torch: the export is an optimisation.
+    """
+    from .ov_export import export_dir, is_export_ready
+
+    if model != DEFAULT_MODEL:
+        return None
+    path = export_dir()
+    reason = ""
+    if not is_export_ready(path):
+        reason = f"no export at {path} (run `make setup` or `python -m rag.ov_export`)"
+    else:
+        try:
+            from .embed_openvino import OpenVINOEmbedder
+
+            embedder = OpenVINOEmbedder(default_model_path(), path)
+            cosine = embedder.self_check()
+            if cosine >= PROBE_MIN_COSINE:
+                return embedder
+            reason = f"probe cosine {cosine:.5f} < {PROBE_MIN_COSINE}"
+        except Exception as exc:  # openvino/tokenizers raise many types for a broken export
+            reason = f"{type(exc).__name__}: {exc}"
+    print(f"OpenVINO 嵌入不可用，改用 torch / OpenVINO embedding unavailable, using torch: {reason}",
+          file=sys.stderr, flush=True)
+    return None
+
+
+PROBE_MIN_COSINE = 0.999
+
+
 def load_embedder(model: str | None = None) -> Embedder:
-    """Factory: one loaded embedder per model per process (loading costs seconds)."""
+    """Factory: one loaded embedder per model per process (loading costs seconds).
+
+    The bundled model runs on OpenVINO when its export passes the self-check (``RAG_EMBED_BACKEND``
+    auto/openvino), otherwise on sentence-transformers/torch.
+    """
     key = model or os.environ.get("RAG_MODEL") or DEFAULT_MODEL
+    backend = embed_backend()
     with _EMBEDDERS_LOCK:
-        if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = SentenceTransformerEmbedder(key)
-        return _EMBEDDERS[key]
+        if (key, backend) not in _EMBEDDERS:
+            chosen = _openvino_embedder(key) if backend != "torch" else None
+            _EMBEDDERS[(key, backend)] = chosen or SentenceTransformerEmbedder(key)
+        return _EMBEDDERS[(key, backend)]
 
 
 def default_cache_path() -> Path:
@@ -209,6 +258,8 @@ def embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: Sequence[
     missing = [i for i, k in enumerate(keys) if k not in known]
     missing_unique = list(dict.fromkeys(keys[i] for i in missing))
     first_text = {keys[i]: texts[i] for i in reversed(missing)}
+    # Longest first, so each batch holds texts of similar length and little padding is computed.
+    missing_unique.sort(key=lambda k: -len(first_text[k]))
     done = 0
     for begin in range(0, len(missing_unique), batch_size):
         batch_keys = missing_unique[begin:begin + batch_size]

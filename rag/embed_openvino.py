@@ -1,0 +1,100 @@
+"""OpenVINO backend for EmbeddingGemma: the exported Transformer plus pooling and Dense layers in numpy.
+
+The export (``rag.ov_export``) holds only the Transformer; this module tokenises with the model's
+own ``tokenizer.json``, runs the compiled OpenVINO model, mean-pools over the attention mask,
+applies the two bias-free Dense layers (768→3072→768) and normalises — the same steps as the
+sentence-transformers pipeline in ``modules.json``. OpenVINO picks bf16 on CPUs with AMX/AVX512-BF16
+and f32 elsewhere (``RAG_OV_PRECISION`` forces one); the compiled model is cached beside the export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .embed import ProgressCallback
+
+BATCH_SIZE = 8  # measured on the seed corpus: see benchmarks/embed_batch.md
+
+
+class OpenVINOEmbedder:
+    """``Embedder`` over an OpenVINO export of EmbeddingGemma."""
+
+    def __init__(self, model_path: Path, export_path: Path, batch_size: int = BATCH_SIZE):
+        import openvino as ov
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        self.model_path, self.export_path = Path(model_path), Path(export_path)
+        st_config = json.loads((self.model_path / "config_sentence_transformers.json").read_text())
+        self._query_prompt = st_config.get("prompts", {}).get("query", "")
+        max_length = json.loads((self.model_path / "sentence_bert_config.json").read_text())["max_seq_length"]
+        self.tokenizer = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.no_padding()
+        self.dense = [load_file(str(self.model_path / part / "model.safetensors"))["linear.weight"].T.copy()
+                      for part in ("2_Dense", "3_Dense")]
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": str(self.export_path / "compiled-cache")})
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        forced = os.environ.get("RAG_OV_PRECISION", "").lower()
+        if forced in ("bf16", "f32"):
+            config["INFERENCE_PRECISION_HINT"] = forced
+        self.compiled = core.compile_model(str(self.export_path / "model.xml"), "CPU", config)
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower().replace("<type: '", "")
+        self.precision = self.precision.split("'")[0] if "'" in self.precision else self.precision
+        self.dimension = int(self.dense[-1].shape[1])
+        # A distinct name keeps OpenVINO vectors apart from torch ones in the embedding cache and the
+        # index manifest: they agree to cosine ≥ 0.999, not bit for bit.
+        self.name = f"{self.model_path.name}+openvino-{self.precision}"
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def _encode(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
+        """Vectors in input order; texts are run longest-first in batches of similar length."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
+        result = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for begin in range(0, len(order), self.batch_size):
+            chosen = order[begin:begin + self.batch_size]
+            width = max(len(encodings[i].ids) for i in chosen)
+            ids = np.zeros((len(chosen), width), dtype=np.int64)
+            mask = np.zeros((len(chosen), width), dtype=np.int64)
+            for row, i in enumerate(chosen):
+                tokens = encodings[i].ids
+                ids[row, :len(tokens)] = tokens
+                mask[row, :len(tokens)] = 1
+            with self._lock:
+                hidden = self.compiled({"input_ids": ids, "attention_mask": mask})[0]
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (np.asarray(hidden, dtype=np.float32) * weights).sum(axis=1) / weights.sum(axis=1)
+            for matrix in self.dense:
+                pooled = pooled @ matrix
+            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+            result[chosen] = pooled
+            if progress:
+                progress(min(begin + self.batch_size, len(texts)), len(texts))
+        return result
+
+    def embed_documents(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
+        """Normalised float32 vectors for passages (already formatted by ``document_input``)."""
+        return self._encode(texts, progress)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised float32 vectors for questions, with the model's query prompt."""
+        return self._encode([self._query_prompt + text for text in texts])
+
+    def self_check(self) -> float:
+        """Smallest cosine between this backend's probe vectors and the torch references of the export."""
+        probes = json.loads((self.export_path / "probes.json").read_text())
+        references = np.load(self.export_path / "probe_vectors.npy")
+        vectors = np.vstack([self.embed_queries([text])[0] if kind == "query" else self.embed_documents([text])[0]
+                             for kind, text in probes])
+        return float(np.min(np.sum(vectors * references, axis=1)))

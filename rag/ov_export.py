@@ -30,7 +30,7 @@ from .errors import RagError
 from .model_fetch import default_model_path, is_model_ready, models_dir
 
 EXPORT_REQUIREMENTS = ["torch==2.13.0", "sentence-transformers==5.1.2", "transformers==4.57.6",
-                       "optimum-onnx==0.1.0", "optimum==2.1.0"]
+                       "optimum-onnx==0.1.0", "optimum==2.1.0", "onnx==1.23.2", "onnxruntime==1.32.0"]
 EXPORT_VERSION = 1  # bump when the export recipe changes, so old exports are redone
 PROBE_TEXTS = [
     ("query", "GPT-3 的参数量是多少？"),
@@ -103,7 +103,7 @@ def export(force: bool = False) -> Path:
         work = Path(tmp)
         onnx_dir = work / "onnx"
         worker = Path(__file__).with_name("ov_export_worker.py")
-        subprocess.run([str(python), str(worker), str(model_path), str(onnx_dir)], check=True,
+        subprocess.run([str(python), "-I", str(worker), str(model_path), str(onnx_dir)], check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         staged = work / "staged"
         staged.mkdir()

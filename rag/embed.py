@@ -28,7 +28,12 @@ ProgressCallback = Callable[[int, int], None]
 
 
 class Embedder(Protocol):
-    """What the rest of the library needs from an embedding model."""
+    """What the rest of the library needs from an embedding model.
+
+    ``name`` identifies the model (the index manifest and the fitted values record it). A backend whose
+    vectors are close to but not bit-identical with another runtime of the same model also has a
+    ``cache_name`` that keeps its vectors apart in the embedding cache (see ``cache_namespace``).
+    """
 
     name: str
     dimension: int
@@ -158,7 +163,7 @@ def _openvino_embedder(model: str) -> Embedder | None:
 
     Any failure is one line on stderr and the caller falls back to torch: the export is an optimisation.
     """
-    from .ov_export import export_dir, is_export_ready
+    from .ov_export import PROBE_MIN_COSINE, export_dir, is_export_ready
 
     if model != DEFAULT_MODEL:
         return None
@@ -180,9 +185,6 @@ def _openvino_embedder(model: str) -> Embedder | None:
     print(f"OpenVINO 嵌入不可用，改用 torch / OpenVINO embedding unavailable, using torch: {reason}",
           file=sys.stderr, flush=True)
     return None
-
-
-PROBE_MIN_COSINE = 0.999
 
 
 def load_embedder(model: str | None = None) -> Embedder:
@@ -250,11 +252,17 @@ class EmbeddingCache:
         self.db.close()
 
 
+def cache_namespace(embedder: Embedder) -> str:
+    """Key of an embedder's vectors in the cache: its ``cache_name`` (model and runtime) if any, else its name."""
+    return str(getattr(embedder, "cache_name", embedder.name))
+
+
 def embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: Sequence[str],
                      progress: ProgressCallback | None = None, batch_size: int = 32) -> tuple[np.ndarray, int]:
     """Vectors for ``texts``, computing only those not cached; returns (vectors, number computed)."""
     keys = [cache.key(t) for t in texts]
-    known = cache.get_many(embedder.name, keys)
+    namespace = cache_namespace(embedder)
+    known = cache.get_many(namespace, keys)
     missing = [i for i, k in enumerate(keys) if k not in known]
     missing_unique = list(dict.fromkeys(keys[i] for i in missing))
     first_text = {keys[i]: texts[i] for i in reversed(missing)}
@@ -265,7 +273,7 @@ def embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: Sequence[
         batch_keys = missing_unique[begin:begin + batch_size]
         vectors = embedder.embed_documents([first_text[k] for k in batch_keys])
         fresh = dict(zip(batch_keys, vectors, strict=True))
-        cache.put_many(embedder.name, fresh)
+        cache.put_many(namespace, fresh)
         known.update(fresh)
         done += len(batch_keys)
         if progress:

@@ -13,45 +13,63 @@ import json
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .embed import ProgressCallback
 
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
 BATCH_SIZE = 8  # measured on the seed corpus: see benchmarks/embed_batch.md
+
+
+def _load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    """The model's fast tokenizer, truncating at ``max_length`` tokens and not padding (batches pad themselves)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_length)
+    tokenizer.no_padding()
+    return tokenizer
 
 
 class OpenVINOEmbedder:
     """``Embedder`` over an OpenVINO export of EmbeddingGemma."""
 
-    def __init__(self, model_path: Path, export_path: Path, batch_size: int = BATCH_SIZE):
+    def __init__(self, model_path: Path, export_path: Path, batch_size: int = BATCH_SIZE,
+                 compiled_cache: bool = True):
         import openvino as ov
         from safetensors.numpy import load_file
-        from tokenizers import Tokenizer
 
         self.model_path, self.export_path = Path(model_path), Path(export_path)
         st_config = json.loads((self.model_path / "config_sentence_transformers.json").read_text())
         self._query_prompt = st_config.get("prompts", {}).get("query", "")
         max_length = json.loads((self.model_path / "sentence_bert_config.json").read_text())["max_seq_length"]
-        self.tokenizer = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length)
-        self.tokenizer.no_padding()
-        self.dense = [load_file(str(self.model_path / part / "model.safetensors"))["linear.weight"].T.copy()
-                      for part in ("2_Dense", "3_Dense")]
-        core = ov.Core()
-        core.set_property({"CACHE_DIR": str(self.export_path / "compiled-cache")})
-        config = {"PERFORMANCE_HINT": "LATENCY"}
-        forced = os.environ.get("RAG_OV_PRECISION", "").lower()
-        if forced in ("bf16", "f32"):
-            config["INFERENCE_PRECISION_HINT"] = forced
-        self.compiled = core.compile_model(str(self.export_path / "model.xml"), "CPU", config)
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower().replace("<type: '", "")
-        self.precision = self.precision.split("'")[0] if "'" in self.precision else self.precision
+        # Parsing the 262k-token tokenizer.json takes over a second; it runs while OpenVINO compiles.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tokenizer = pool.submit(_load_tokenizer, self.model_path / "tokenizer.json", max_length)
+            self.dense = [load_file(str(self.model_path / part / "model.safetensors"))["linear.weight"].T.copy()
+                          for part in ("2_Dense", "3_Dense")]
+            core = ov.Core()
+            if compiled_cache:
+                core.set_property({"CACHE_DIR": str(self.export_path / "compiled-cache")})
+            config = {"PERFORMANCE_HINT": "LATENCY"}
+            forced = os.environ.get("RAG_OV_PRECISION", "").lower()
+            if forced in ("bf16", "f32"):
+                config["INFERENCE_PRECISION_HINT"] = forced
+            self.compiled = core.compile_model(str(self.export_path / "model.xml"), "CPU", config)
+            self.tokenizer = tokenizer.result()
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16" or "f32"
         self.dimension = int(self.dense[-1].shape[1])
-        # A distinct name keeps OpenVINO vectors apart from torch ones in the embedding cache and the
-        # index manifest: they agree to cosine ≥ 0.999, not bit for bit.
-        self.name = f"{self.model_path.name}+openvino-{self.precision}"
+        # The index manifest and the fitted values name the model, not the runtime: OpenVINO and torch
+        # vectors agree to cosine >= 0.999, so an index built by either serves queries from the other.
+        self.name = self.model_path.name
+        # The embedding cache keeps them apart all the same, so an index holds one runtime's vectors.
+        self.cache_name = f"{self.model_path.name}+openvino-{self.precision}"
         self.batch_size = batch_size
         self._lock = threading.Lock()
 
@@ -92,9 +110,15 @@ class OpenVINOEmbedder:
         return self._encode([self._query_prompt + text for text in texts])
 
     def self_check(self) -> float:
-        """Smallest cosine between this backend's probe vectors and the torch references of the export."""
+        """Smallest cosine between this backend's probe vectors and the torch references of the export.
+
+        The probes run as two batches (questions, passages), which also warms the compiled model up.
+        """
         probes = json.loads((self.export_path / "probes.json").read_text())
         references = np.load(self.export_path / "probe_vectors.npy")
-        vectors = np.vstack([self.embed_queries([text])[0] if kind == "query" else self.embed_documents([text])[0]
-                             for kind, text in probes])
+        queries = [i for i, (kind, _) in enumerate(probes) if kind == "query"]
+        documents = [i for i, (kind, _) in enumerate(probes) if kind != "query"]
+        vectors = np.zeros_like(references, dtype=np.float32)
+        vectors[queries] = self.embed_queries([probes[i][1] for i in queries])
+        vectors[documents] = self.embed_documents([probes[i][1] for i in documents])
         return float(np.min(np.sum(vectors * references, axis=1)))

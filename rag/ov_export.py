@@ -14,6 +14,7 @@ in numpy by ``rag.embed_openvino``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import time
 import venv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,7 @@ PROBE_TEXTS = [
     ("document", "title: none | text: OpenAI released GPT-4 in March 2023 with multimodal input."),
 ]
 MARKER = ".verified"
+PROBE_MIN_COSINE = 0.999  # the issue's bar for using OpenVINO instead of torch
 
 
 def export_dir() -> Path:
@@ -61,8 +65,19 @@ def is_export_ready(path: Path | None = None) -> bool:
         return False
 
 
+def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    """Run a set-up step quietly; on failure raise ``RagError`` with the step and the tail of its output."""
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise RagError(f"{what}失败 / {what} failed (exit {result.returncode}):\n{tail}")
+
+
 def _env_python() -> Path:
-    """The export venv's interpreter, created and filled with the pinned stack on first use."""
+    """The export venv's interpreter, created and filled with the pinned stack on first use.
+
+    The stamp file is written last, so an environment left half-installed by a crash is rebuilt.
+    """
     env = export_env_dir()
     python = env / "bin" / "python"
     wanted = "\n".join(EXPORT_REQUIREMENTS)
@@ -70,11 +85,25 @@ def _env_python() -> Path:
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
     shutil.rmtree(env, ignore_errors=True)
-    print("ov_export: creating the exporter environment (pinned, separate from the project venv)", flush=True)
+    print(f"ov_export: creating the exporter environment {env} (pinned, separate from the project venv; "
+          "a few minutes)", flush=True)
     venv.EnvBuilder(with_pip=True).create(env)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *EXPORT_REQUIREMENTS], check=True)
+    _run([str(python), "-m", "pip", "install", "--quiet", *EXPORT_REQUIREMENTS],
+         "安装导出环境 / installing the exporter")
     stamp.write_text(wanted)
     return python
+
+
+@contextmanager
+def _export_lock(folder: Path) -> Iterator[None]:
+    """One export at a time per models folder (two `make setup` runs must not build the same files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".ov-export.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def reference_vectors(model_path: Path) -> np.ndarray:
@@ -87,43 +116,63 @@ def reference_vectors(model_path: Path) -> np.ndarray:
 
 
 def export(force: bool = False) -> Path:
-    """Export the bundled model to OpenVINO IR beside it; returns the export folder."""
+    """Export the bundled model to OpenVINO IR beside it; returns the export folder.
+
+    Idempotent: a finished export of the current recipe is kept. The work happens in a temporary
+    folder that is renamed into place only after the probe check passes, so a crash leaves either
+    the old export or none (leftover temporary folders are removed by the next run).
+    """
     target = export_dir()
     if is_export_ready(target) and not force:
         return target
     model_path = default_model_path()
     if not is_model_ready(model_path):
-        raise RagError("嵌入模型尚未安装，请先运行 `python -m rag.model_fetch` / run rag.model_fetch first")
-    began = time.perf_counter()
-    python = _env_python()
-    import openvino as ov
+        raise RagError("嵌入模型尚未安装，请先运行 `python -m rag.model_fetch` / "
+                       "embedding model not installed; run `python -m rag.model_fetch` first")
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise RagError("未安装 openvino，请运行 `pip install -e .` / openvino is not installed in this "
+                       f"environment; run `pip install -e .` ({exc})") from exc
+    with _export_lock(target.parent):
+        if is_export_ready(target) and not force:  # another run finished it while we waited
+            return target
+        for leftover in target.parent.glob(".ov-export-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        began = time.perf_counter()
+        python = _env_python()
+        with tempfile.TemporaryDirectory(prefix=".ov-export-", dir=target.parent) as tmp:
+            work = Path(tmp)
+            onnx_dir = work / "onnx"
+            worker = Path(__file__).with_name("ov_export_worker.py")
+            print("ov_export: exporting the Transformer to ONNX", flush=True)
+            _run([str(python), "-I", str(worker), str(model_path), str(onnx_dir)], "导出 ONNX / ONNX export",
+                 env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+            staged = work / "staged"
+            staged.mkdir()
+            model = ov.convert_model(str(onnx_dir / "model.onnx"))
+            ov.save_model(model, str(staged / "model.xml"), compress_to_fp16=False)  # precision is chosen at compile
+            del model
+            shutil.rmtree(onnx_dir)  # 1.2 GB not needed any more
+            print("ov_export: recording torch reference vectors and checking OpenVINO against them", flush=True)
+            references = reference_vectors(model_path)
+            np.save(staged / "probe_vectors.npy", references.astype(np.float32))
+            (staged / "probes.json").write_text(json.dumps(PROBE_TEXTS, ensure_ascii=False, indent=1))
+            from .embed_openvino import OpenVINOEmbedder
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".ov-export-", dir=target.parent) as tmp:
-        work = Path(tmp)
-        onnx_dir = work / "onnx"
-        worker = Path(__file__).with_name("ov_export_worker.py")
-        subprocess.run([str(python), "-I", str(worker), str(model_path), str(onnx_dir)], check=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-        staged = work / "staged"
-        staged.mkdir()
-        model = ov.convert_model(str(onnx_dir / "model.onnx"))
-        ov.save_model(model, str(staged / "model.xml"), compress_to_fp16=False)  # precision is chosen at compile
-        references = reference_vectors(model_path)
-        np.save(staged / "probe_vectors.npy", references.astype(np.float32))
-        (staged / "probes.json").write_text(json.dumps(PROBE_TEXTS, ensure_ascii=False, indent=1))
-        from .embed_openvino import OpenVINOEmbedder
-
-        check = OpenVINOEmbedder(model_path, staged).self_check()
-        if check < 0.999:
-            raise RagError(f"OpenVINO 导出与 torch 向量不一致 / OpenVINO export disagrees with torch "
-                           f"(cosine {check:.5f})")
-        (staged / MARKER).write_text(json.dumps({
-            "export_version": EXPORT_VERSION, "openvino": ov.__version__, "min_probe_cosine": round(check, 6),
-            "seconds": round(time.perf_counter() - began, 1), "exporter": EXPORT_REQUIREMENTS}, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        staged.rename(target)
+            # No compiled cache here: OpenVINO keys it by the model's path, which changes at the rename.
+            check = OpenVINOEmbedder(model_path, staged, compiled_cache=False).self_check()
+            if check < PROBE_MIN_COSINE:
+                raise RagError(f"OpenVINO 导出与 torch 向量不一致 / OpenVINO export disagrees with torch "
+                               f"(cosine {check:.5f} < {PROBE_MIN_COSINE})")
+            (staged / MARKER).write_text(json.dumps({
+                "export_version": EXPORT_VERSION, "openvino": ov.__version__, "min_probe_cosine": round(check, 6),
+                "seconds": round(time.perf_counter() - began, 1), "exporter": EXPORT_REQUIREMENTS}, indent=1))
+            if target.exists():
+                shutil.rmtree(target)
+            staged.rename(target)
+        # Compile once at the final path, so the first `rag` command loads the compiled model from the cache.
+        OpenVINOEmbedder(model_path, target)
     print(f"ov_export: {target} ready (probe cosine {check:.5f}, {time.perf_counter() - began:.0f} s)", flush=True)
     return target
 
@@ -132,8 +181,10 @@ def main() -> None:
     """Command-line entry: export once (``--force`` redoes it); failure is a notice, torch stays usable."""
     try:
         export(force="--force" in sys.argv)
-    except (RagError, subprocess.CalledProcessError, OSError) as exc:
-        print(f"OpenVINO 导出失败，将使用 torch / OpenVINO export failed, torch will be used: {exc}", file=sys.stderr)
+    except Exception as exc:  # converter and runtime raise many types; set-up must end with one clear line
+        detail = str(exc) if isinstance(exc, RagError | OSError) else f"{type(exc).__name__}: {exc}"
+        print(f"OpenVINO 导出失败，将使用 torch / OpenVINO export failed, torch will be used: {detail}",
+              file=sys.stderr)
         sys.exit(0 if "--strict" not in sys.argv else 1)
 
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from rag import embed
-from rag.embed import DEFAULT_MODEL, SentenceTransformerEmbedder, load_embedder
+from rag.embed import DEFAULT_MODEL, SentenceTransformerEmbedder, cache_namespace, load_embedder
 from rag.embed_openvino import OpenVINOEmbedder
+from rag.errors import RagError
 from rag.model_fetch import default_model_path, is_model_ready
-from rag.ov_export import MARKER, export_dir, is_export_ready
+from rag.ov_export import EXPORT_VERSION, MARKER, export, export_dir, is_export_ready, main
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not is_model_ready(), reason="bundled model not installed (make setup)")]
@@ -74,7 +75,9 @@ def test_openvino_backend_reproduces_torch(fresh_factory: None, monkeypatch: pyt
     assert isinstance(fast, OpenVINOEmbedder)
     assert fast.self_check() >= 0.999
     assert fast.precision in {"bf16", "f32"}
-    assert fast.name != DEFAULT_MODEL  # cache and index keep OpenVINO vectors apart from torch ones
+    # The index and the fitted values name the model; the embedding cache keeps the runtimes apart.
+    assert fast.name == DEFAULT_MODEL
+    assert cache_namespace(fast) == f"{DEFAULT_MODEL}+openvino-{fast.precision}"
     torch_embedder = SentenceTransformerEmbedder(DEFAULT_MODEL)
     documents = fast.embed_documents(TEXTS)
     assert documents.shape == (len(TEXTS), torch_embedder.dimension)
@@ -121,3 +124,27 @@ def test_broken_export_falls_back_to_torch(damage: str, fresh_factory: None, tmp
 def test_torch_backend_is_forced(fresh_factory: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_EMBED_BACKEND", "torch")
     assert isinstance(load_embedder(DEFAULT_MODEL), SentenceTransformerEmbedder)
+
+
+def test_export_without_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RAG_MODELS_DIR", str(tmp_path / "empty"))
+    with pytest.raises(RagError, match="model_fetch"):
+        export()
+    # As a set-up step: one line, no traceback; exit 0 (torch stays usable) unless --strict.
+    for argv, code in ((["ov_export"], 0), (["ov_export", "--strict"], 1)):
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        assert stopped.value.code == code
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "OpenVINO" in err and "Traceback" not in err
+
+
+def test_export_of_another_recipe_is_not_ready(tmp_path: Path) -> None:
+    (tmp_path / MARKER).write_text(json.dumps({"export_version": EXPORT_VERSION - 1}))
+    assert not is_export_ready(tmp_path)
+    (tmp_path / MARKER).write_text(json.dumps({"export_version": EXPORT_VERSION}))
+    assert is_export_ready(tmp_path)
+    (tmp_path / MARKER).write_text("half-writ")
+    assert not is_export_ready(tmp_path)

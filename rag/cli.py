@@ -237,6 +237,9 @@ def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Cal
     questions = _questions(question, as_json)
     if questions is None:
         raise click.UsageError("缺少问题；或使用 --json 从标准输入按行读取 / missing QUESTION (or --json with stdin)")
+    from .embed import preload_embedder
+
+    preload_embedder(ctx.obj["model"])  # loads while the library is imported and the index opened
     qa = _qa(ctx)
     for text in questions:
         result = run(qa, text)

@@ -163,7 +163,8 @@ def _openvino_embedder(model: str) -> Embedder | None:
 
     Any failure is one line on stderr and the caller falls back to torch: the export is an optimisation.
     """
-    from .ov_export import PROBE_MIN_COSINE, export_dir, is_export_ready
+    from .embed_openvino import PROBE_MIN_COSINE
+    from .ov_export import export_dir, is_export_ready
 
     if model != DEFAULT_MODEL:
         return None
@@ -176,7 +177,7 @@ def _openvino_embedder(model: str) -> Embedder | None:
             from .embed_openvino import OpenVINOEmbedder
 
             embedder = OpenVINOEmbedder(default_model_path(), path)
-            cosine = embedder.self_check()
+            cosine = embedder.checked_cosine()
             if cosine >= PROBE_MIN_COSINE:
                 return embedder
             reason = f"probe cosine {cosine:.5f} < {PROBE_MIN_COSINE}"
@@ -200,6 +201,23 @@ def load_embedder(model: str | None = None) -> Embedder:
             chosen = _openvino_embedder(key) if backend != "torch" else None
             _EMBEDDERS[(key, backend)] = chosen or SentenceTransformerEmbedder(key)
         return _EMBEDDERS[(key, backend)]
+
+
+def preload_embedder(model: str | None = None) -> None:
+    """Start loading the embedder in a background thread; ``load_embedder`` then waits for it.
+
+    Loading the OpenVINO model (reading the compiled model, parsing the tokenizer, the self-check)
+    runs mostly outside the GIL, so a command overlaps it with importing the rest of the library and
+    opening the index. Not a daemon thread: the interpreter waits for it rather than tearing down
+    while native code is still loading.
+    """
+    def load() -> None:
+        try:
+            load_embedder(model)
+        except Exception:  # the foreground call repeats the load and reports the error
+            pass
+
+    threading.Thread(target=load, name="preload-embedder").start()
 
 
 def default_cache_path() -> Path:

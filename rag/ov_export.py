@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .embed_openvino import PROBE_MIN_COSINE, OpenVINOEmbedder
 from .errors import RagError
 from .model_fetch import default_model_path, is_model_ready, models_dir
 
@@ -43,7 +44,6 @@ PROBE_TEXTS = [
     ("document", "title: none | text: OpenAI released GPT-4 in March 2023 with multimodal input."),
 ]
 MARKER = ".verified"
-PROBE_MIN_COSINE = 0.999  # the bar for using OpenVINO instead of torch
 
 
 def export_dir() -> Path:
@@ -158,8 +158,6 @@ def export(force: bool = False) -> Path:
             references = reference_vectors(model_path)
             np.save(staged / "probe_vectors.npy", references.astype(np.float32))
             (staged / "probes.json").write_text(json.dumps(PROBE_TEXTS, ensure_ascii=False, indent=1))
-            from .embed_openvino import OpenVINOEmbedder
-
             # No compiled cache here: OpenVINO keys it by the model's path, which changes at the rename.
             check = OpenVINOEmbedder(model_path, staged, compiled_cache=False).self_check()
             if check < PROBE_MIN_COSINE:
@@ -171,8 +169,9 @@ def export(force: bool = False) -> Path:
             if target.exists():
                 shutil.rmtree(target)
             staged.rename(target)
-        # Compile once at the final path, so the first `rag` command loads the compiled model from the cache.
-        OpenVINOEmbedder(model_path, target)
+        # Compile once at the final path (and remember the check), so the first `rag` command loads the
+        # compiled model from the cache and skips the probes.
+        OpenVINOEmbedder(model_path, target).checked_cosine()
     print(f"ov_export: {target} ready (probe cosine {check:.5f}, {time.perf_counter() - began:.0f} s)", flush=True)
     return target
 

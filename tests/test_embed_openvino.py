@@ -111,6 +111,8 @@ def test_broken_export_falls_back_to_torch(damage: str, fresh_factory: None, tmp
     if damage == "corrupt_ir":
         (broken / "model.xml").write_text("<net>not a model</net>")
     else:  # a model that no longer matches torch: references rotated so every probe disagrees
+        assert isinstance(load_embedder(DEFAULT_MODEL), OpenVINOEmbedder)  # passes, and the pass is remembered
+        embed._EMBEDDERS.clear()
         references = np.load(broken / "probe_vectors.npy")
         np.save(broken / "probe_vectors.npy", np.roll(references, 1, axis=0))
         assert json.loads((broken / "probes.json").read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import fitted
 from .api import ReportQA
-from .embed import EmbeddingCache
+from .embed import EmbeddingCache, cache_namespace
 from .evaluate import percentile
 from .scoring import MODES
 
@@ -37,7 +37,7 @@ def measure_build(corpus_dir: Path, index_dir: Path, cold: bool, log: Callable[[
     seconds = time.perf_counter() - began
     sizes = [len(qa.store.chunk(i).text) for i in range(len(qa.store))]
     return {"build_seconds": round(seconds, 1), "embedded": report.embedded, "reports": report.documents,
-            "passages": len(sizes), "cold_cache": cold, "embedder": embedder.name,
+            "passages": len(sizes), "cold_cache": cold, "embedder": cache_namespace(embedder),
             "precision": getattr(embedder, "precision", "f32"),
             "passage_chars": {"min": min(sizes), "p25": percentile(sizes, 0.25),
                               "median": statistics.median(sizes), "p75": percentile(sizes, 0.75),
@@ -124,7 +124,7 @@ def comparison_table(numbers: dict, backends: tuple[str, ...]) -> str:
         return f"| {label} | " + " | ".join(str(v) for v in values) + f" | {ratio} |"
 
     header = "| figure | " + " | ".join(f"{b} ({numbers[b]['build']['embedder']}, {numbers[b]['build']['precision']})"
-                                        for b in backends) + " | speed-up |"
+                                        for b in backends) + " | torch ÷ this |"
     lines = [header, "|---" * (len(backends) + 2) + "|",
              row("index build (s)", lambda n: n["build"]["build_seconds"]),
              row("hybrid search p50 (ms)", lambda n: n["latency"]["hybrid"]["p50_ms"]),

@@ -148,6 +148,7 @@ class OpenVINOEmbedder:
                 handle, temporary = tempfile.mkstemp(dir=record.parent, prefix=".self-check-")
                 with os.fdopen(handle, "w") as out:
                     json.dump({"min_probe_cosine": cosine}, out)
+                os.chmod(temporary, 0o644)
                 os.replace(temporary, record)
             except OSError:  # a read-only models folder: check every time
                 pass

@@ -24,6 +24,7 @@ setup: $(VENV)/.installed model
 
 model: $(VENV)/.installed
 	$(PY) -m rag.model_fetch
+	$(PY) -m rag.ov_export
 
 # Debian's Chromium (for the browser test) and a small CJK font (so Chinese renders in screenshots).
 browser:

@@ -237,6 +237,9 @@ def _run_batch(ctx: click.Context, question: str | None, as_json: bool, run: Cal
     questions = _questions(question, as_json)
     if questions is None:
         raise click.UsageError("缺少问题；或使用 --json 从标准输入按行读取 / missing QUESTION (or --json with stdin)")
+    from .embed import preload_embedder
+
+    preload_embedder(ctx.obj["model"])  # loads while the library is imported and the index opened
     qa = _qa(ctx)
     for text in questions:
         result = run(qa, text)
@@ -369,7 +372,7 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, c
 @click.pass_context
 @handle_errors
 def bench_command(ctx, cold: bool) -> None:
-    """Measure build time, passage sizes, query latency per mode, peak memory and cold start."""
+    """Measure build time, query latency per mode, peak memory and cold start, per embedding backend vs torch fp32."""
     from .api import default_corpus_dir, default_index_dir
     from .bench import run_bench
 
@@ -377,6 +380,7 @@ def bench_command(ctx, cold: bool) -> None:
     numbers = run_bench(options["corpus"] or default_corpus_dir(), options["index"] or default_index_dir(),
                         cold=cold, log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(numbers, ensure_ascii=False, indent=2))
+    click.echo(numbers["table"], err=True)
 
 
 @main.command("ui")

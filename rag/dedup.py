@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from datasketch import MinHash, MinHashLSH
-
 from .textnorm import fold, squeeze
 from .tokenize import Tokenizer
 
 if TYPE_CHECKING:
+    from datasketch import MinHash
+
     from .records import StoredDocument
     from .scoring import Candidate
 
@@ -37,6 +37,8 @@ def _shingles(text: str, tokenizer: Tokenizer, size: int = 3) -> set[str]:
 
 
 def _minhash(shingles: Iterable[str]) -> MinHash:
+    from datasketch import MinHash  # imported on use: it pulls in scipy (~1 s), which `rag search` never needs
+
     signature = MinHash(num_perm=NUM_PERM)
     for shingle in shingles:
         signature.update(shingle.encode("utf-8"))
@@ -47,6 +49,8 @@ def find_duplicate_documents(texts: dict[str, str], tokenizer: Tokenizer,
                              threshold: float = DOCUMENT_THRESHOLD) -> dict[str, list[str]]:
     """For each report, the other reports that are near-duplicates of it (sorted names), comparing
     word shingles cut by the index's ``tokenizer``."""
+    from datasketch import MinHashLSH
+
     lsh = MinHashLSH(threshold=CANDIDATE_JACCARD, num_perm=NUM_PERM)
     signatures, shingles = {}, {}
     for source, text in texts.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -27,7 +28,12 @@ ProgressCallback = Callable[[int, int], None]
 
 
 class Embedder(Protocol):
-    """What the rest of the library needs from an embedding model."""
+    """What the rest of the library needs from an embedding model.
+
+    ``name`` identifies the model (the index manifest and the fitted values record it). A backend whose
+    vectors are close to but not bit-identical with another runtime of the same model also has a
+    ``cache_name`` that keeps its vectors apart in the embedding cache (see ``cache_namespace``).
+    """
 
     name: str
     dimension: int
@@ -75,18 +81,17 @@ class SentenceTransformerEmbedder:
         self._query_prompt = self.model.prompts.get("query", "")
 
     def embed_documents(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
-        """Encode passages in batches, reporting (done, total) after each batch."""
-        vectors = []
-        for begin in range(0, len(texts), self.batch_size):
-            batch = list(texts[begin:begin + self.batch_size])
+        """Encode passages longest-first in batches (less padding), reporting (done, total) after each."""
+        result = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for begin in range(0, len(order), self.batch_size):
+            chosen = order[begin:begin + self.batch_size]
             with self._lock:
-                vectors.append(self.model.encode(batch, batch_size=self.batch_size, prompt="",
-                                                 normalize_embeddings=True, convert_to_numpy=True))
+                result[chosen] = self.model.encode([texts[i] for i in chosen], batch_size=self.batch_size, prompt="",
+                                                   normalize_embeddings=True, convert_to_numpy=True)
             if progress:
                 progress(min(begin + self.batch_size, len(texts)), len(texts))
-        if not vectors:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.vstack(vectors).astype(np.float32)
+        return result
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Encode questions with the model's query prompt."""
@@ -138,17 +143,81 @@ def resolve_model(model: str | None) -> Path | str:
     return chosen
 
 
-_EMBEDDERS: dict[str, Embedder] = {}
+_EMBEDDERS: dict[tuple[str, str], Embedder] = {}
 _EMBEDDERS_LOCK = threading.Lock()
 
 
+BACKENDS = ("auto", "openvino", "torch")
+
+
+def embed_backend() -> str:
+    """Chosen runtime: ``RAG_EMBED_BACKEND`` = auto (default) | openvino | torch."""
+    backend = os.environ.get("RAG_EMBED_BACKEND", "auto").lower()
+    if backend not in BACKENDS:
+        raise RagError(f"RAG_EMBED_BACKEND 只能是 {'/'.join(BACKENDS)} / must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _openvino_embedder(model: str) -> Embedder | None:
+    """The OpenVINO embedder of the bundled model if its export loads and passes the probe check, else None.
+
+    Any failure is one line on stderr and the caller falls back to torch: the export is an optimisation.
+    """
+    from .embed_openvino import PROBE_MIN_COSINE
+    from .ov_export import export_dir, is_export_ready
+
+    if model != DEFAULT_MODEL:
+        return None
+    path = export_dir()
+    reason = ""
+    if not is_export_ready(path):
+        reason = f"no export at {path} (run `make setup` or `python -m rag.ov_export`)"
+    else:
+        try:
+            from .embed_openvino import OpenVINOEmbedder
+
+            embedder = OpenVINOEmbedder(default_model_path(), path)
+            cosine = embedder.checked_cosine()
+            if cosine >= PROBE_MIN_COSINE:
+                return embedder
+            reason = f"probe cosine {cosine:.5f} < {PROBE_MIN_COSINE}"
+        except Exception as exc:  # openvino/tokenizers raise many types for a broken export
+            reason = f"{type(exc).__name__}: {exc}"
+    print(f"OpenVINO 嵌入不可用，改用 torch / OpenVINO embedding unavailable, using torch: {reason}",
+          file=sys.stderr, flush=True)
+    return None
+
+
 def load_embedder(model: str | None = None) -> Embedder:
-    """Factory: one loaded embedder per model per process (loading costs seconds)."""
+    """Factory: one loaded embedder per model per process (loading costs seconds).
+
+    The bundled model runs on OpenVINO when its export passes the self-check (``RAG_EMBED_BACKEND``
+    auto/openvino), otherwise on sentence-transformers/torch.
+    """
     key = model or os.environ.get("RAG_MODEL") or DEFAULT_MODEL
+    backend = embed_backend()
     with _EMBEDDERS_LOCK:
-        if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = SentenceTransformerEmbedder(key)
-        return _EMBEDDERS[key]
+        if (key, backend) not in _EMBEDDERS:
+            chosen = _openvino_embedder(key) if backend != "torch" else None
+            _EMBEDDERS[(key, backend)] = chosen or SentenceTransformerEmbedder(key)
+        return _EMBEDDERS[(key, backend)]
+
+
+def preload_embedder(model: str | None = None) -> None:
+    """Start loading the embedder in a background thread; ``load_embedder`` then waits for it.
+
+    Loading the OpenVINO model (reading the compiled model, parsing the tokenizer, the self-check)
+    runs mostly outside the GIL, so a command overlaps it with importing the rest of the library and
+    opening the index. Not a daemon thread: the interpreter waits for it rather than tearing down
+    while native code is still loading.
+    """
+    def load() -> None:
+        try:
+            load_embedder(model)
+        except Exception:  # the foreground call repeats the load and reports the error
+            pass
+
+    threading.Thread(target=load, name="preload-embedder").start()
 
 
 def default_cache_path() -> Path:
@@ -201,20 +270,28 @@ class EmbeddingCache:
         self.db.close()
 
 
+def cache_namespace(embedder: Embedder) -> str:
+    """Key of an embedder's vectors in the cache: its ``cache_name`` (model and runtime) if any, else its name."""
+    return str(getattr(embedder, "cache_name", embedder.name))
+
+
 def embed_with_cache(embedder: Embedder, cache: EmbeddingCache, texts: Sequence[str],
                      progress: ProgressCallback | None = None, batch_size: int = 32) -> tuple[np.ndarray, int]:
     """Vectors for ``texts``, computing only those not cached; returns (vectors, number computed)."""
     keys = [cache.key(t) for t in texts]
-    known = cache.get_many(embedder.name, keys)
+    namespace = cache_namespace(embedder)
+    known = cache.get_many(namespace, keys)
     missing = [i for i, k in enumerate(keys) if k not in known]
     missing_unique = list(dict.fromkeys(keys[i] for i in missing))
     first_text = {keys[i]: texts[i] for i in reversed(missing)}
+    # Longest first, so each batch holds texts of similar length and little padding is computed.
+    missing_unique.sort(key=lambda k: -len(first_text[k]))
     done = 0
     for begin in range(0, len(missing_unique), batch_size):
         batch_keys = missing_unique[begin:begin + batch_size]
         vectors = embedder.embed_documents([first_text[k] for k in batch_keys])
         fresh = dict(zip(batch_keys, vectors, strict=True))
-        cache.put_many(embedder.name, fresh)
+        cache.put_many(namespace, fresh)
         known.update(fresh)
         done += len(batch_keys)
         if progress:

@@ -83,6 +83,7 @@ class ConfigResult:
     misses: list[str] = field(default_factory=list)
     abstention_curve: list[tuple[float, float, float]] = field(default_factory=list)
     per_question: dict[str, dict[str, float]] = field(default_factory=dict)
+    abstained: dict[str, bool] = field(default_factory=dict)  # per question id: did `rag ask` abstain
 
 
 def _parsed_lines(path: Path, kind: str, parse: Callable[[dict], T]) -> list[T]:
@@ -374,6 +375,7 @@ def evaluate_configuration(config: Configuration, questions: list[Question], dep
     result.misses = [q.id for q in answerable if per_question.get(q.id, {}).get("hit@5", 0.0) == 0.0]
     result.per_question = {q.id: per_question[q.id] for q in answerable if q.id in per_question}
     result.abstention_curve = _abstention_curve(probabilities, abstained, answerable, unanswerable)
+    result.abstained = abstained
     if progress:
         progress(f"{config.name}: hit@5={result.metrics['hit@5']:.3f} mrr@10={result.metrics['mrr@10']:.3f}")
     return result
@@ -558,6 +560,7 @@ def results_json(results: list[ConfigResult]) -> dict:
     """Numbers for scripts (``rag eval --json``)."""
     return {r.name: {"metrics": r.metrics, "by_type": r.by_type, "by_report": r.by_report,
                      "latency_ms": r.latency_ms, "passage_chars": r.passage_chars, "misses": r.misses,
+                     "abstained": r.abstained,
                      "intervals": {m: metric_interval(r, m) for m in INTERVAL_METRICS}}
             for r in results}
 

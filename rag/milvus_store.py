@@ -525,6 +525,7 @@ class MilvusWriter:
         # Without a manifest (a first build, or a write interrupted after it dropped the manifest) nothing
         # stored can be trusted: start over (the embedding cache makes that cheap).
         if (not isinstance(old, dict) or old.get("format") != FORMAT_VERSION
+                or old.get("tokenizer_version") != manifest.get("tokenizer_version")
                 or collections.dimension() != self.dimension):
             collections.drop()
             old = None
@@ -534,14 +535,20 @@ class MilvusWriter:
         wanted = {source: _fingerprint(report) for source, report in self.reports.items()}
         changed = sorted(s for s in wanted if stored.get(s) != wanted[s])
         gone = sorted(s for s in stored if stored[s] != wanted.get(s))
+        # New corpus words change how jieba cuts every passage: the BM25 side of unchanged reports is
+        # re-tokenized (their vectors and records stay).
+        retokenize = (sorted(s for s in wanted if s not in changed)
+                      if (old or {}).get("user_words") != manifest.get("user_words") else [])
         # Drop the manifest first: a reader meanwhile finds no index rather than a half-written one.
         collections.delete_records("manifest", ["live"])
         bm25 = collections.read_record("bm25", "vocabulary") or {"terms": {}, "df": [], "passages": 0, "length": 0}
         terms: dict[str, int] = bm25["terms"]
         df: list[int] = bm25["df"]
-        contributions = collections.read_records("terms") if gone else {}
-        for source in gone:
-            for collection in (collections.passages, collections.lexical, collections.units):
+        contributions = collections.read_records("terms") if gone or retokenize else {}
+        for source in [*gone, *retokenize]:
+            kinds = (collections.passages, collections.lexical, collections.units) if source in gone else (
+                collections.lexical,)
+            for collection in kinds:
                 client.delete(collection, filter=f"source == {_quote(source)}")
             before = contributions.get(source, {"df": {}, "passages": 0, "length": 0})
             for term_id, count in before["df"].items():
@@ -549,9 +556,9 @@ class MilvusWriter:
             bm25["passages"] -= before["passages"]
             bm25["length"] -= before["length"]
         collections.delete_records("document", gone)
-        collections.delete_records("terms", gone)
+        collections.delete_records("terms", [*gone, *retokenize])
         tokenized: dict[str, list[Counter]] = {}
-        for source in changed:
+        for source in [*changed, *retokenize]:
             counts = [Counter(self.tokenizer.tokens(lexical_text(chunk)) or ["\x00"])
                       for _, chunk, *_ in self.reports[source].chunks]
             tokenized[source] = counts
@@ -570,7 +577,7 @@ class MilvusWriter:
         avgdl = bm25["length"] / bm25["passages"] if bm25["passages"] else 1.0
         previous = bm25.get("weights_avgdl")
         if previous and abs(avgdl - previous) > AVGDL_TOLERANCE * previous:
-            self._reweight(collections, terms, avgdl, skip=set(changed))
+            self._reweight(collections, avgdl, skip=set(tokenized))
         else:
             avgdl = previous or avgdl
         bm25["weights_avgdl"] = avgdl
@@ -578,6 +585,9 @@ class MilvusWriter:
             self._insert_report(collections, self.reports[source], tokenized[source], terms, avgdl)
             if self.progress:
                 self.progress(number + 1, len(changed))
+        for source in retokenize:
+            rows = _lexical_rows(self.reports[source], tokenized[source], terms, avgdl)
+            collections.insert(collections.lexical, rows)
         collections.write_record("bm25", "vocabulary", bm25)
         units = any(r.unit_vectors is not None for r in self.reports.values())
         unit_count = sum(len(r.unit_owner) for r in self.reports.values() if r.unit_vectors is not None)
@@ -594,19 +604,15 @@ class MilvusWriter:
         document = asdict(report.document)
         collections.write_record("document", source, document)
         keys = [passage_key(source, position) for position in range(len(report.chunks))]
-        passages, lexical = [], []
+        passages = []
         for position, (citation, chunk, line_start, line_end, page) in enumerate(report.chunks):
             passages.append({"id": keys[position], "source": source, "position": position, "citation": citation,
                              "start": chunk.start, "end": chunk.end, "text": chunk.text, "heading": chunk.heading,
                              "table_header": chunk.table_header, "kind": chunk.kind, "line_start": line_start,
                              "line_end": line_end, "page": -1 if page is None else page,
                              "dense": _floats(report.vectors[position])})
-            by_id = {terms[term]: count for term, count in counts[position].items()}
-            length = sum(by_id.values())
-            lexical.append({"id": keys[position], "source": source, "length": length,
-                            "counts": json.dumps(by_id), "weights": bm25_weights(by_id, length, avgdl)})
         collections.insert(collections.passages, passages)
-        collections.insert(collections.lexical, lexical)
+        collections.insert(collections.lexical, _lexical_rows(report, counts, terms, avgdl))
         if report.unit_vectors is not None:
             order: Counter = Counter()
             rows = []
@@ -616,7 +622,7 @@ class MilvusWriter:
                 order[owner] += 1
             collections.insert(collections.units, rows)
 
-    def _reweight(self, collections: _Collections, terms: dict[str, int], avgdl: float, skip: set[str]) -> None:
+    def _reweight(self, collections: _Collections, avgdl: float, skip: set[str]) -> None:
         """Rewrite the stored BM25 weights of every kept passage for a new average length."""
         rows = [row for row in collections.rows(collections.lexical, ["id", "source", "counts", "length"])
                 if row["source"] not in skip]
@@ -626,3 +632,15 @@ class MilvusWriter:
             updated.append({**row, "weights": bm25_weights(counts, row["length"], avgdl)})
         for start in range(0, len(updated), BATCH_ROWS):
             collections.client.upsert(collections.lexical, updated[start:start + BATCH_ROWS])
+
+
+def _lexical_rows(report: ReportRecords, counts: list[Counter], terms: dict[str, int], avgdl: float) -> list[dict]:
+    """The BM25 rows of one report's passages: term counts, length and document-side weights."""
+    source = report.document.source
+    rows = []
+    for position, passage in enumerate(counts):
+        by_id = {terms[term]: count for term, count in passage.items()}
+        length = sum(by_id.values())
+        rows.append({"id": passage_key(source, position), "source": source, "length": length,
+                     "counts": json.dumps(by_id), "weights": bm25_weights(by_id, length, avgdl)})
+    return rows

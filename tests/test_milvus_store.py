@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import SEED_FILES, copy_corpus
 
 from rag.api import ReportQA
 from rag.cli import main
@@ -28,8 +29,6 @@ from rag.errors import RagError
 from rag.milvus_store import MilvusLocation, MilvusStore, MilvusWriter, bm25_idf
 from rag.records import lexical_text
 from rag.store import open_store, store_setting
-
-from conftest import SEED_FILES, copy_corpus
 
 pytest.importorskip("pymilvus")
 
@@ -185,20 +184,21 @@ def test_incremental_writes_touch_only_changed_reports(tiny_model: str, tmp_path
             handle.write("\n\n新增的段落：示例公司的昆仑芯片产能在二〇二六年翻倍。\n")
         qa.build()
         assert written[-1] == ([SEED_FILES[0]], [SEED_FILES[0]])
-        (corpus / SEED_FILES[1]).unlink()
+        (corpus / SEED_FILES[2]).unlink()
         qa.build()
-        assert written[-1] == ([], [SEED_FILES[1]])
+        assert written[-1] == ([], [SEED_FILES[2]])
     finally:
         MilvusWriter.commit = original_commit  # type: ignore[method-assign]
 
     reference = ReportQA(corpus, tmp_path / "fresh", model=tiny_model, store_location="faiss")
     reference.build()
     store = qa.store
-    assert [c.citation for c in store.chunks] == [reference.store.chunk(i).citation for i in range(len(reference.store))]
+    expected = [reference.store.chunk(i).citation for i in range(len(reference.store))]
+    assert [store.chunk(i).citation for i in range(len(store))] == expected
     for question in [*QUESTIONS, "昆仑芯片产能"]:
         tokens = reference.analyse(question).lexical_tokens
         _same_ranking(reference.store.bm25_top_k(tokens, 40), store.bm25_top_k(tokens, 40))
-    assert qa.search("昆仑芯片产能翻倍", top_k=3, mode="bm25").hits[0].source == SEED_FILES[0]
+    assert qa.search("昆仑芯片产能翻倍", top_k=3, mode="bm25").hits[0].chunk.source == SEED_FILES[0]
 
 
 def test_milvus_builtin_bm25_differs_from_the_project_bm25(embedded_qa: ReportQA, tmp_path: Path) -> None:
@@ -250,7 +250,8 @@ def test_store_setting_and_locations(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert store_setting() == "milvus:///x/y.db"
     assert store_setting("faiss") == "faiss"
     assert MilvusLocation.parse("milvus:///abs/file.db") == MilvusLocation("/abs/file.db")
-    assert MilvusLocation.parse("milvus://10.0.0.5:19530?prefix=team") == MilvusLocation("http://10.0.0.5:19530", "team")
+    server = MilvusLocation.parse("milvus://10.0.0.5:19530?prefix=team")
+    assert server == MilvusLocation("http://10.0.0.5:19530", "team")
     for bad in ("sqlite:///x.db", "milvus://relative.db"):
         with pytest.raises(RagError):
             store_setting(bad) if not bad.startswith("milvus") else MilvusLocation.parse(bad)

@@ -252,7 +252,7 @@ def test_store_setting_and_locations(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert MilvusLocation.parse("milvus:///abs/file.db") == MilvusLocation("/abs/file.db")
     server = MilvusLocation.parse("milvus://10.0.0.5:19530?prefix=team")
     assert server == MilvusLocation("http://10.0.0.5:19530", "team")
-    for bad in ("sqlite:///x.db", "milvus://relative.db"):
+    for bad in ("sqlite:///x.db", "milvus:///not/a/db/file"):
         with pytest.raises(RagError):
             store_setting(bad) if not bad.startswith("milvus") else MilvusLocation.parse(bad)
     with pytest.raises(RagError, match="rag index"):

@@ -38,6 +38,7 @@ import math
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -63,8 +64,8 @@ AVGDL_TOLERANCE = 1e-3
 BATCH_ROWS = 500  # rows per insert call
 PART_CHARS = 16000  # a JSON record part: ≤ 64 KB of UTF-8, under Milvus' VARCHAR limit
 TEXT_BYTES = 65535
-MAX_TOPK = 16384
-UNIT_TIE_MARGIN = 64  # Milvus' limit on one search's result count
+MAX_TOPK = 16384  # Milvus' limit on one search's result count
+UNIT_TIE_MARGIN = 64  # extra unit hits read so ties at the cut are broken like the embedded store
 REBUILD_HINT = "请运行 `rag index --store …` 重新建立索引 / run `rag index --store …` to (re)build it"
 PASSAGE_FIELDS = ["id", "source", "position", "citation", "start", "end", "text", "heading", "table_header",
                   "kind", "line_start", "line_end", "page"]
@@ -79,45 +80,164 @@ class MilvusLocation:
 
     @classmethod
     def parse(cls, setting: str) -> MilvusLocation:
-        """``milvus:///abs/file.db`` (Milvus Lite) or ``milvus://host:port`` (server), optional ``?prefix=``."""
+        """``milvus:///abs/file.db`` (Milvus Lite) or ``milvus://host:port`` (server), optional ``?prefix=``.
+
+        Raises ``RagError`` saying what a valid location looks like for anything else.
+        """
+        forms = "可用 milvus:///绝对路径/文件.db（Milvus Lite）或 milvus://主机:端口（Milvus 服务器）"
         parsed = urlparse(setting)
         if parsed.scheme != "milvus":
-            raise RagError(f"无法识别的存储位置：{setting} / unknown store location")
+            raise RagError(f"无法识别的存储位置：{setting}（{forms}）/ unknown store location")
         prefix = parse_qs(parsed.query).get("prefix", ["report_qa"])[0]
-        if not prefix.replace("_", "").isalnum():
-            raise RagError(f"集合前缀只能包含字母、数字和下划线：{prefix} / bad collection prefix")
+        if not prefix.replace("_", "").isalnum() or not prefix[0].isalpha():
+            raise RagError(f"集合前缀只能包含字母、数字和下划线，并以字母开头：{prefix} / bad collection prefix")
         if parsed.netloc:
+            if parsed.netloc.endswith(".db") or parsed.path.endswith(".db"):
+                raise RagError(f"Milvus Lite 文件要写绝对路径（三个斜杠）：milvus:///绝对路径/文件.db，而不是 {setting}"
+                               " / Milvus Lite needs milvus:///abs/path.db")
+            if "@" in parsed.netloc:
+                raise RagError(f"暂不支持带账号的 Milvus 地址：{setting} / credentials in the URL are not supported")
+            try:
+                port = parsed.port
+            except ValueError:
+                port = None
+            if not parsed.hostname or port is None or not 0 < port < 65536 or parsed.path not in ("", "/"):
+                raise RagError(f"Milvus 服务器地址应为 milvus://主机:端口（例如 milvus://127.0.0.1:19530）：{setting}"
+                               " / a Milvus server is milvus://host:port")
             return cls(f"http://{parsed.netloc}", prefix)
-        if not parsed.path.startswith("/") or not parsed.path.endswith(".db"):
-            raise RagError(f"Milvus Lite 需要以 .db 结尾的绝对路径：{setting} / Milvus Lite needs milvus:///abs/path.db")
+        if not parsed.path.startswith("/") or not parsed.path.endswith(".db") or parsed.path == "/.db":
+            raise RagError(f"Milvus Lite 需要以 .db 结尾的绝对路径：{setting}（{forms}）"
+                           " / Milvus Lite needs milvus:///abs/path.db")
         return cls(parsed.path, prefix)
+
+    @property
+    def is_server(self) -> bool:
+        """True for a Milvus server or cluster, False for a Milvus Lite file."""
+        return self.uri.startswith("http://")
+
+    @property
+    def display(self) -> str:
+        """The location as a user wrote it (host:port, or the Lite file's path)."""
+        return self.uri.removeprefix("http://")
 
     def collection(self, name: str) -> str:
         """Full name of one of the store's collections."""
         return f"{self.prefix}_{name}"
 
 
-# pymilvus warns on every query iterator against Milvus Lite (no server timestamp); nothing to act on.
-logging.getLogger("pymilvus").setLevel(logging.ERROR)
+
+def _quiet_logs() -> None:
+    """Silence pymilvus' and Milvus Lite's own logging (run after importing pymilvus, whose import sets it up).
+
+    pymilvus logs a traceback for every failed request and a warning on every query iterator against
+    Milvus Lite; Milvus Lite logs a traceback when it cannot open a file. Every failure reaches the user
+    as one ``RagError`` line instead (``milvus_errors``).
+    """
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer", "milvus_lite"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
 
 _CLIENTS: dict[str, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
+def _failure_types() -> tuple[type[BaseException], ...]:
+    """What pymilvus raises when Milvus fails (not the programming errors, which stay tracebacks)."""
+    from grpc import RpcError
+    from pymilvus.exceptions import MilvusException
+
+    return MilvusException, RpcError, ConnectionError, TimeoutError
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "message", None) or exc).strip() or type(exc).__name__
+
+
+@contextmanager
+def milvus_errors(location: MilvusLocation) -> Iterator[None]:
+    """Turn a failed Milvus request into a ``RagError`` naming the store (a server that went away, …)."""
+    try:
+        yield
+    except RagError:
+        raise
+    except _failure_types() as exc:
+        if location.is_server:
+            raise RagError(f"Milvus 服务器 {location.display} 请求失败：{_reason(exc)}。请确认服务器仍在运行、网络可达"
+                           " / a request to the Milvus server failed") from exc
+        raise RagError(f"Milvus Lite 文件 {location.display} 读写失败：{_reason(exc)}"
+                       " / a Milvus Lite request failed") from exc
+
+
+class _GuardedClient:
+    """A ``MilvusClient`` whose failures surface as ``RagError`` (see ``milvus_errors``)."""
+
+    def __init__(self, client: Any, location: MilvusLocation):
+        self._client = client
+        self._location = location
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with milvus_errors(self._location):
+                return attribute(*args, **kwargs)
+        return guarded
+
+
+def _lite_locked(path: str) -> bool:
+    """True when another process holds Milvus Lite's lock on the file (a Lite file has one opener)."""
+    import fcntl
+
+    lock = Path(path) / "LOCK"
+    if not lock.is_file():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _open_client(location: MilvusLocation) -> Any:
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as exc:
+        raise RagError("未安装 pymilvus（Milvus 存储需要它）：pip install -e '.[milvus]'"
+                       " / pymilvus is not installed") from exc
+    _quiet_logs()
+    if location.is_server:
+        try:
+            return MilvusClient(location.uri)
+        except Exception as exc:  # pymilvus raises several kinds here, all meaning "no usable server"
+            raise RagError(f"无法连接 Milvus 服务器 {location.display}：服务器未运行、地址或端口错误，或网络不通"
+                           f"（{_reason(exc)}）/ cannot reach the Milvus server") from exc
+    path = Path(location.uri)
+    if path.exists() and not path.is_dir():
+        raise RagError(f"{path} 不是 Milvus Lite 数据（Milvus Lite 3 的 .db 是一个文件夹）/ not a Milvus Lite store")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RagError(f"无法创建 Milvus Lite 文件所在的文件夹 {path.parent}（{exc.strerror}）"
+                       " / cannot create the folder") from exc
+    try:
+        return MilvusClient(location.uri)
+    except Exception as exc:  # Milvus Lite reports a locked or unreadable file as a generic connection error
+        if _lite_locked(location.uri):
+            raise RagError(f"Milvus Lite 文件 {path} 正被另一个进程使用（例如正在运行的 rag ui / rag serve）。"
+                           "Milvus Lite 只允许一个进程打开；多个进程同时使用请改用 Milvus 服务器"
+                           " / the Milvus Lite file is open in another process") from exc
+        raise RagError(f"无法打开 Milvus Lite 文件 {path}（{_reason(exc)}）/ cannot open the Milvus Lite file") from exc
+
+
 def client_for(location: MilvusLocation) -> Any:
-    """One ``MilvusClient`` per URI and process (Milvus Lite allows one opener of a file)."""
+    """One ``MilvusClient`` per URI and process (Milvus Lite allows one opener of a file), failures as ``RagError``."""
     with _CLIENTS_LOCK:
         if location.uri not in _CLIENTS:
-            try:
-                from pymilvus import MilvusClient
-
-                if not location.uri.startswith("http"):
-                    Path(location.uri).parent.mkdir(parents=True, exist_ok=True)
-                _CLIENTS[location.uri] = MilvusClient(location.uri)
-            except ImportError as exc:
-                raise RagError("未安装 pymilvus / pymilvus is not installed: pip install -e '.[milvus]'") from exc
-            except Exception as exc:
-                raise RagError(f"无法连接 Milvus：{location.uri}（{exc}）/ cannot reach Milvus") from exc
+            _CLIENTS[location.uri] = _GuardedClient(_open_client(location), location)
         return _CLIENTS[location.uri]
 
 
@@ -216,12 +336,14 @@ class _Collections:
         iterator = self.client.query_iterator(collection, batch_size=2000, filter=filter, output_fields=fields)
         try:
             while True:
-                batch = iterator.next()
+                with milvus_errors(self.location):
+                    batch = iterator.next()
                 if not batch:
                     return
                 yield from batch
         finally:
-            iterator.close()
+            with milvus_errors(self.location):
+                iterator.close()
 
     def read_record(self, kind: str, name: str) -> Any:
         """One JSON record (None when absent)."""

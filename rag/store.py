@@ -146,6 +146,10 @@ def store_setting(location: str | None = None) -> str:
     setting = (location or os.environ.get("RAG_STORE") or "faiss").strip()
     if setting != "faiss" and not setting.startswith("milvus://"):
         raise RagError(f"未知的存储：{setting}（可用 faiss、milvus:///绝对路径.db、milvus://主机:端口）/ unknown store")
+    if _is_milvus(setting):
+        from .milvus_store import MilvusLocation
+
+        MilvusLocation.parse(setting)  # a malformed location fails here, before any model loads
     return setting
 
 

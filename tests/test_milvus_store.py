@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +43,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``milvus-lite server`` on a free loopback port for the session; yields its ``milvus://`` location."""
-    data = tmp_path_factory.mktemp("milvus-server")
+@contextmanager
+def running_milvus_server(data: Path) -> Iterator[str]:
+    """``milvus-lite server`` on a free loopback port, stopped by PID on exit; yields its ``milvus://`` location."""
     port = _free_port()
     command = [str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir", str(data),
                "--host", "127.0.0.1", "--port", str(port)]
-    log = open(data / "server.log", "wb")
+    data.mkdir(parents=True, exist_ok=True)
+    log = open(data.parent / f"{data.name}-server.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"milvus-lite server exited: {(data / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(f"milvus-lite server exited: {Path(log.name).read_text()[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
@@ -65,13 +66,21 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.5)
         yield f"milvus://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Milvus server (``milvus-lite server``); yields its ``milvus://`` location."""
+    with running_milvus_server(tmp_path_factory.mktemp("milvus-server") / "data") as location:
+        yield location
 
 
 @pytest.fixture(scope="session")
@@ -273,3 +282,62 @@ def test_cli_index_and_search_with_store_option(tiny_model: str, tmp_path: Path)
     hits = json.loads(found.output.strip().splitlines()[-1])["hits"]
     assert hits and {h["source"] for h in hits} <= set(SEED_FILES[3:])
     assert bm25_idf(1, 10) > bm25_idf(5, 10) > 0
+
+
+def _cli_error(arguments: list[str]) -> str:
+    """Run the CLI, expect exit status 1 with a one-line user error (no traceback); return its output."""
+    result = CliRunner().invoke(main, arguments, env={"RAG_STORE": ""})
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("错误 / error: ")
+    return result.output
+
+
+@pytest.mark.parametrize(("location", "message"), [
+    ("sqlite:///tmp/x.db", "未知的存储"),
+    ("milvus:///tmp/reports.txt", "Milvus Lite 需要以 .db 结尾的绝对路径"),
+    ("milvus://reports.db", "三个斜杠"),
+    ("milvus://localhost", "milvus://主机:端口"),
+    ("milvus://localhost:port", "milvus://主机:端口"),
+    ("milvus://user:secret@localhost:19530", "暂不支持带账号"),
+    ("milvus:///tmp/x.db?prefix=1bad-name", "集合前缀"),
+])
+def test_bad_store_locations_are_clear_errors(tiny_model: str, tmp_path: Path, location: str, message: str) -> None:
+    """A malformed ``--store`` fails at once with a Chinese message saying what a valid location looks like."""
+    output = _cli_error(["--index", str(tmp_path / "index"), "--model", tiny_model, "--store", location,
+                         "search", "大模型"])
+    assert message in output
+
+
+def test_unreachable_server_and_lite_file_in_use_are_clear_errors(tiny_model: str, tmp_path: Path) -> None:
+    """No server on the port, a Lite path that is a plain file, a Lite file another process has open."""
+    corpus = copy_corpus(tmp_path / "corpus", SEED_FILES[4:])
+    base = ["--corpus", str(corpus), "--index", str(tmp_path / "index"), "--model", tiny_model]
+    output = _cli_error([*base, "--store", f"milvus://127.0.0.1:{_free_port()}", "index"])
+    assert "无法连接 Milvus 服务器" in output and "服务器未运行" in output
+
+    plain = tmp_path / "plain.db"
+    plain.write_text("not milvus")
+    assert "不是 Milvus Lite 数据" in _cli_error([*base, "--store", f"milvus://{plain}", "index"])
+
+    held = tmp_path / "held.db"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pymilvus import MilvusClient; "
+                               f"MilvusClient({str(held)!r}); print('open', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"open"
+        assert "正被另一个进程使用" in _cli_error([*base, "--store", f"milvus://{held}", "index"])
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_server_that_goes_down_is_a_clear_error(tiny_model: str, tmp_path: Path) -> None:
+    """A search against a Milvus server that stopped after the index loaded: a ``RagError``, no traceback."""
+    corpus = copy_corpus(tmp_path / "corpus", SEED_FILES[4:])
+    with running_milvus_server(tmp_path / "server") as location:
+        qa = ReportQA(corpus, tmp_path / "index", model=tiny_model, store_location=location)
+        qa.build()
+        assert qa.search("大模型", top_k=3, mode="bm25").hits
+    with pytest.raises(RagError, match="Milvus 服务器 .* 请求失败"):
+        qa.search("大模型", top_k=3, mode="bm25")

@@ -121,6 +121,7 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
                   documents: list[Document], failures: list[LoadFailure], cache: EmbeddingCache | None, force: bool,
                   progress: Callable[[int, int], None] | None, log: Callable[[str], None], write_metadata: bool,
                   began: float, store: str) -> BuildReport:
+    where = str(index_dir) if store == "faiss" else store  # what the build report names as the index
     manifest = store_manifest(index_dir, store)
     wanted = {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
               "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION,
@@ -129,7 +130,7 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
         metadata_file = metadata_path(corpus_dir)
         metadata_unchanged = not metadata_file.exists() or metadata_file.stat().st_mtime <= manifest.get("built_at", 0)
         if metadata_unchanged and _sound(index_dir, log, store):
-            return BuildReport(str(index_dir), len(documents), manifest.get("chunks", 0), 0,
+            return BuildReport(where, len(documents), manifest.get("chunks", 0), 0,
                                manifest.get("chunks", 0), time.perf_counter() - began, skipped=True,
                                failures=failures)
 
@@ -143,13 +144,13 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
 
     cache = cache or EmbeddingCache()
     records = _embed(documents, located, infos, duplicates, settings, embedder, cache, progress)
-    writer = store_writer(index_dir, embedder.dimension, tokenizer, store)
+    writer = store_writer(index_dir, embedder.dimension, tokenizer, store, log=log)
     for report in records.reports:
         writer.add_report(report)
     writer.commit({**wanted, "built_at": time.time(), "user_words": user_words, "duplicates": duplicates,
                    "failures": [{"source": f.source, "reason": f.reason} for f in failures]})
     chunk_count = sum(len(v) for v in located.values())
-    return BuildReport(str(index_dir), len(documents), chunk_count, records.embedded,
+    return BuildReport(where, len(documents), chunk_count, records.embedded,
                        records.texts - records.embedded, time.perf_counter() - began, failures=failures,
                        duplicates=duplicates)
 

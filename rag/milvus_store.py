@@ -36,8 +36,9 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -622,12 +623,14 @@ def _fingerprint(report: ReportRecords) -> str:
 class MilvusWriter:
     """A write session: only reports whose fingerprint changed are deleted and re-inserted on commit."""
 
-    def __init__(self, setting: str, dimension: int, tokenizer: Tokenizer, progress: Any = None):
+    def __init__(self, setting: str, dimension: int, tokenizer: Tokenizer, progress: Any = None,
+                 log: Callable[[str], None] = lambda message: None):
         self.setting = setting
         self.dimension = dimension
         self.tokenizer = tokenizer
         self.reports: dict[str, ReportRecords] = {}
         self.progress = progress
+        self.log = log
         self.inserted: list[str] = []  # reports written by the last commit (for tests and logs)
         self.removed: list[str] = []
 
@@ -641,6 +644,7 @@ class MilvusWriter:
 
     def commit(self, manifest: dict) -> None:
         """Bring the collections to the session's reports, then write the manifest."""
+        began = time.perf_counter()
         collections = _Collections(MilvusLocation.parse(self.setting))
         client = collections.client
         old = collections.read_record("manifest", "live") if collections.exists() else None
@@ -719,6 +723,11 @@ class MilvusWriter:
             "units": units, "unit_count": unit_count, "reports": wanted, "store": "milvus"})
         collections.flush()
         self.inserted, self.removed = changed, gone
+        rows = sum(len(self.reports[s].chunks) * 2 + len(self.reports[s].unit_owner) for s in changed)
+        self.log(f"Milvus：写入 {len(changed)} 份报告（{rows} 行），删除 {len(gone)} 份，"
+                 f"{len(wanted) - len(changed)} 份未变，用时 {time.perf_counter() - began:.1f} 秒"
+                 f" / Milvus: wrote {len(changed)} reports ({rows} rows), removed {len(gone)},"
+                 f" {len(wanted) - len(changed)} unchanged, {time.perf_counter() - began:.1f} s")
 
     def _insert_report(self, collections: _Collections, report: ReportRecords, counts: list[Counter],
                        terms: dict[str, int], avgdl: float) -> None:

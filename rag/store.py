@@ -14,7 +14,7 @@ its manifest last).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -220,13 +220,15 @@ def store_version(index_dir: Path, location: str | None = None) -> str | None:
     return live_version(index_dir)
 
 
-def store_writer(index_dir: Path, dimension: int, tokenizer: Tokenizer, location: str | None = None) -> StoreWriter:
-    """A write session on the store in ``index_dir`` (or at ``location``)."""
+def store_writer(index_dir: Path, dimension: int, tokenizer: Tokenizer, location: str | None = None,
+                 log: Callable[[str], None] = lambda message: None) -> StoreWriter:
+    """A write session on the store in ``index_dir`` (or at ``location``); ``log`` hears what an
+    incremental store wrote (the embedded store rewrites a whole version and says nothing)."""
     setting = store_setting(location)
     if _is_milvus(setting):
         from .milvus_store import MilvusWriter
 
-        return MilvusWriter(setting, dimension, tokenizer)
+        return MilvusWriter(setting, dimension, tokenizer, log=log)
     from .faiss_store import EmbeddedWriter
 
     return EmbeddedWriter(index_dir, dimension, tokenizer)

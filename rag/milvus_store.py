@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -204,6 +205,9 @@ def _lite_locked(path: str) -> bool:
 
 
 def _open_client(location: MilvusLocation) -> Any:
+    # gRPC's own logging (set before pymilvus imports it) would print transport notices such as Milvus
+    # Lite's "too_many_pings" GOAWAY to the user's terminal; failures still reach us as exceptions.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         from pymilvus import MilvusClient
     except ImportError as exc:
@@ -279,7 +283,18 @@ class _Collections:
         self.records = location.collection("records")
 
     def exists(self) -> bool:
-        return all(self.client.has_collection(name) for name in (self.passages, self.lexical, self.units, self.records))
+        """True when every collection exists; they are then loaded, so that they can be searched.
+
+        Milvus keeps a collection "released" (not searchable) after the engine restarts: a Milvus Lite
+        file opened by a new process, a server restarted since the build.
+        """
+        names = (self.passages, self.lexical, self.units, self.records)
+        if not all(self.client.has_collection(name) for name in names):
+            return False
+        for name in names:
+            if getattr(self.client.get_load_state(name).get("state"), "name", "") != "Loaded":
+                self.client.load_collection(name)
+        return True
 
     def drop(self) -> None:
         for name in (self.passages, self.lexical, self.units, self.records):
@@ -724,10 +739,12 @@ class MilvusWriter:
         collections.flush()
         self.inserted, self.removed = changed, gone
         rows = sum(len(self.reports[s].chunks) * 2 + len(self.reports[s].unit_owner) for s in changed)
-        self.log(f"Milvus：写入 {len(changed)} 份报告（{rows} 行），删除 {len(gone)} 份，"
-                 f"{len(wanted) - len(changed)} 份未变，用时 {time.perf_counter() - began:.1f} 秒"
-                 f" / Milvus: wrote {len(changed)} reports ({rows} rows), removed {len(gone)},"
-                 f" {len(wanted) - len(changed)} unchanged, {time.perf_counter() - began:.1f} s")
+        replaced = len(set(changed) & set(gone))
+        seconds = time.perf_counter() - began
+        self.log(f"Milvus：写入 {len(changed)} 份报告（{rows} 行，其中替换旧版 {replaced} 份），"
+                 f"删除 {len(gone) - replaced} 份，{len(wanted) - len(changed)} 份未变，用时 {seconds:.1f} 秒"
+                 f" / Milvus: wrote {len(changed)} reports ({rows} rows, {replaced} replacing an older version),"
+                 f" removed {len(gone) - replaced}, {len(wanted) - len(changed)} unchanged, {seconds:.1f} s")
 
     def _insert_report(self, collections: _Collections, report: ReportRecords, counts: list[Counter],
                        terms: dict[str, int], avgdl: float) -> None:

@@ -268,18 +268,31 @@ def test_store_setting_and_locations(tmp_path: Path, monkeypatch: pytest.MonkeyP
         open_store(tmp_path / "index", f"milvus://{tmp_path / 'empty.db'}")
 
 
-def test_cli_index_and_search_with_store_option(tiny_model: str, tmp_path: Path) -> None:
-    """``rag --store milvus://… index`` fills the store; ``search --json`` reads from it."""
+def _rag(arguments: list[str]) -> subprocess.CompletedProcess:
+    """``rag`` in a new process (a Milvus Lite file has one opener, and a new process must reopen the store)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "RAG_STORE": ""}
+    return subprocess.run([sys.executable, "-m", "rag.cli", *arguments], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("kind", ["lite", "server"])
+def test_cli_index_and_search_with_store_option(tiny_model: str, tmp_path: Path, kind: str,
+                                                request: pytest.FixtureRequest) -> None:
+    """``rag --store milvus://… index`` fills the store; a second run in a new process finds it up to date
+    (the store is reopened and its collections loaded again); ``search --json`` reads from it."""
     corpus = copy_corpus(tmp_path / "corpus", SEED_FILES[3:])
-    store = f"milvus://{tmp_path / 'cli.db'}"
+    store = (f"milvus://{tmp_path / 'cli.db'}" if kind == "lite"
+             else request.getfixturevalue("milvus_server") + "?prefix=cli")
     base = ["--corpus", str(corpus), "--index", str(tmp_path / "index"), "--model", tiny_model, "--store", store]
-    runner = CliRunner()
-    env = {"RAG_STORE": ""}
-    built = runner.invoke(main, [*base, "index"], env=env)
-    assert built.exit_code == 0, built.output
-    found = runner.invoke(main, [*base, "search", "大模型", "--json", "--mode", "bm25"], env=env)
-    assert found.exit_code == 0, found.output
-    hits = json.loads(found.output.strip().splitlines()[-1])["hits"]
+    built = _rag([*base, "index"])
+    assert built.returncode == 0, built.stderr
+    assert "Milvus：写入 2 份报告" in built.stderr and "→ milvus://" in built.stdout
+    again = _rag([*base, "index"])
+    assert again.returncode == 0, again.stderr
+    assert "索引已是最新" in again.stdout
+    found = _rag([*base, "search", "大模型", "--json", "--mode", "bm25"])
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout.strip().splitlines()[-1])["hits"]
     assert hits and {h["source"] for h in hits} <= set(SEED_FILES[3:])
     assert bm25_idf(1, 10) > bm25_idf(5, 10) > 0
 
@@ -338,6 +351,12 @@ def test_server_that_goes_down_is_a_clear_error(tiny_model: str, tmp_path: Path)
     with running_milvus_server(tmp_path / "server") as location:
         qa = ReportQA(corpus, tmp_path / "index", model=tiny_model, store_location=location)
         qa.build()
-        assert qa.search("大模型", top_k=3, mode="bm25").hits
+        expected = [h.citation for h in qa.search("大模型", top_k=3, mode="bm25").hits]
+        assert expected
     with pytest.raises(RagError, match="Milvus 服务器 .* 请求失败"):
         qa.search("大模型", top_k=3, mode="bm25")
+    # Restarted on the same data: its collections come back released, and are loaded again on open.
+    with running_milvus_server(tmp_path / "server") as location:
+        again = ReportQA(corpus, tmp_path / "index", model=tiny_model, store_location=location)
+        assert again.build().skipped
+        assert [h.citation for h in again.search("大模型", top_k=3, mode="bm25").hits] == expected

@@ -738,13 +738,15 @@ class MilvusWriter:
             "units": units, "unit_count": unit_count, "reports": wanted, "store": "milvus"})
         collections.flush()
         self.inserted, self.removed = changed, gone
-        rows = sum(len(self.reports[s].chunks) * 2 + len(self.reports[s].unit_owner) for s in changed)
+        written = sum(len(self.reports[s].chunks) * 2 + len(self.reports[s].unit_owner) for s in changed)
         replaced = len(set(changed) & set(gone))
         seconds = time.perf_counter() - began
-        self.log(f"Milvus：写入 {len(changed)} 份报告（{rows} 行，其中替换旧版 {replaced} 份），"
-                 f"删除 {len(gone) - replaced} 份，{len(wanted) - len(changed)} 份未变，用时 {seconds:.1f} 秒"
-                 f" / Milvus: wrote {len(changed)} reports ({rows} rows, {replaced} replacing an older version),"
-                 f" removed {len(gone) - replaced}, {len(wanted) - len(changed)} unchanged, {seconds:.1f} s")
+        self.log(f"Milvus：写入 {len(changed)} 份报告（{written} 行，其中替换旧版 {replaced} 份），"
+                 f"删除 {len(gone) - replaced} 份，{len(wanted) - len(changed)} 份未变"
+                 f"（其中 {len(retokenize)} 份因语料词变化重写了 BM25 行），用时 {seconds:.1f} 秒"
+                 f" / Milvus: wrote {len(changed)} reports ({written} rows, {replaced} replacing an older version),"
+                 f" removed {len(gone) - replaced}, {len(wanted) - len(changed)} unchanged"
+                 f" ({len(retokenize)} re-tokenized for new corpus words), {seconds:.1f} s")
 
     def _insert_report(self, collections: _Collections, report: ReportRecords, counts: list[Counter],
                        terms: dict[str, int], avgdl: float) -> None:

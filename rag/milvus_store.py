@@ -246,6 +246,21 @@ def client_for(location: MilvusLocation) -> Any:
         return _CLIENTS[location.uri]
 
 
+def release_client(setting: str) -> None:
+    """Close this process' client for the store at ``setting`` (a Milvus Lite file is then free for
+    another process); the next use opens a new one."""
+    location = MilvusLocation.parse(setting)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.pop(location.uri, None)
+    if client is not None:
+        client.close()
+        if not location.is_server:
+            # Closing the client leaves Milvus Lite's engine (and its lock on the file) running until exit.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(location.uri)
+
+
 def passage_key(source: str, position: int) -> int:
     """Stable primary key of a passage: 43 bits of the report name's hash, 20 bits of position."""
     digest = int.from_bytes(hashlib.sha256(source.encode("utf-8")).digest()[:8], "big") >> 21

@@ -37,8 +37,8 @@ from .query import Query, analyse
 from .rerank import Reranker, load_cross_encoder
 from .results import Answer, AskResult, Hit, SearchResult
 from .retrieve import MODES, Retriever
-from .store import Store, open_store, verify_store
-from .versions import REBUILD_HINT, live_version
+from .store import Store, open_store, store_setting, store_version, verify_store
+from .versions import REBUILD_HINT
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_TOP_K = 50
@@ -73,7 +73,10 @@ class ReportQA:
 
     def __init__(self, corpus_dir: Path | str | None = None, index_dir: Path | str | None = None,
                  model: str | None = None, settings: Settings | None = None,
-                 cache: EmbeddingCache | None = None, reranker: str | None = None):
+                 cache: EmbeddingCache | None = None, reranker: str | None = None,
+                 store_location: str | None = None):
+        # Which store holds the index: "faiss" (in index_dir) or a milvus:// location ($RAG_STORE).
+        self.store_location = store_setting(store_location)
         self.corpus_dir = Path(corpus_dir) if corpus_dir else default_corpus_dir()
         self.index_dir = Path(index_dir) if index_dir else default_index_dir()
         self.model = model
@@ -120,7 +123,7 @@ class ReportQA:
         with self._build_lock:
             report = build_index(self.corpus_dir, self.index_dir, self.embedder, self.settings.chunker,
                                  cache=self.cache or EmbeddingCache(), force=force, progress=progress, log=log,
-                                 write_metadata=write_metadata)
+                                 write_metadata=write_metadata, store=self.store_location)
             # Replaced uploads were kept only until a build indexed what replaced them.
             shutil.rmtree(self.corpus_dir / REPLACED_DIR, ignore_errors=True)
         with self._lock:
@@ -151,9 +154,9 @@ class ReportQA:
     def retriever(self) -> Retriever:
         """Retriever over the current index; the store is reloaded when another version goes live."""
         with self._lock:
-            version = live_version(self.index_dir)
+            version = store_version(self.index_dir, self.store_location)
             if self._store is None or version != self._loaded_version:
-                store = open_store(self.index_dir)
+                store = open_store(self.index_dir, self.store_location)
                 embedder = self.embedder
                 if embedder.name != store.manifest["model"] or embedder.dimension != store.manifest.get("dimension"):
                     raise RagError(f"索引由模型 {store.manifest['model']} 建立，当前模型为 {embedder.name}。"
@@ -218,7 +221,7 @@ class ReportQA:
 
     def check(self) -> list[str]:
         """Everything wrong with the index on disk, every file's checksum included (empty when healthy)."""
-        return verify_store(self.index_dir)
+        return verify_store(self.index_dir, self.store_location)
 
     def check_sources(self, sources: Sequence[str] | None) -> None:
         """Raise ``RagError`` naming every report in a search filter that is not in the index.

@@ -22,9 +22,9 @@ from .embed import Embedder, EmbeddingCache, embed_with_cache
 from .errors import RagError
 from .metadata import ReportInfo, detect_info, load_metadata, merge_info, metadata_path, save_metadata
 from .records import StoredDocument, embedding_text, sentence_units
-from .store import ReportRecords, store_writer, verify_store
+from .store import ReportRecords, store_manifest, store_setting, store_writer, verify_store
 from .tokenize import TOKENIZER_VERSION, corpus_terms, tokenizer_for
-from .versions import check_target, clean_leftovers, read_manifest, resolve_live, writer_lock
+from .versions import check_target, clean_leftovers, resolve_live, writer_lock
 
 
 @dataclass
@@ -46,10 +46,10 @@ class BuildReport:
     duplicates: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _sound(index_dir: Path, log: Callable[[str], None]) -> bool:
+def _sound(index_dir: Path, log: Callable[[str], None], store: str | None = None) -> bool:
     """True when the live index loads and every file matches its recorded checksum; a damaged index
     must be rebuilt, not reported up to date."""
-    problems = verify_store(index_dir)
+    problems = verify_store(index_dir, store)
     for problem in problems:
         log(f"索引需要重建 / the index will be rebuilt: {problem}")
     return not problems
@@ -92,8 +92,10 @@ def _located(document: Document, chunks: list[Chunk]) -> list[tuple[str, Chunk, 
 def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
                 settings: ChunkerSettings | None = None, cache: EmbeddingCache | None = None,
                 force: bool = False, progress: Callable[[int, int], None] | None = None,
-                log: Callable[[str], None] = lambda message: None, write_metadata: bool = False) -> BuildReport:
-    """Build (or bring up to date) the index of ``corpus_dir`` in ``index_dir``.
+                log: Callable[[str], None] = lambda message: None, write_metadata: bool = False,
+                store: str | None = None) -> BuildReport:
+    """Build (or bring up to date) the index of ``corpus_dir`` in ``index_dir`` (or in the Milvus store
+    ``store`` names, see ``rag.store.store_setting``; ``index_dir`` then only holds the writer lock).
 
     ``corpus/`` is only read, unless ``write_metadata`` asks to save the detected report descriptions
     into its ``metadata.json``. One build of an index runs at a time, across processes: a second one
@@ -112,14 +114,15 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
         if removed:
             log(f"清理了中断的建索引留下的文件夹 / removed leftovers of interrupted builds: {', '.join(removed)}")
         return _build_locked(corpus_dir, index_dir, embedder, settings or ChunkerSettings(), documents, failures,
-                             cache, force, progress, log, write_metadata, began)
+                             cache, force, progress, log, write_metadata, began, store_setting(store))
 
 
 def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings: ChunkerSettings,
                   documents: list[Document], failures: list[LoadFailure], cache: EmbeddingCache | None, force: bool,
                   progress: Callable[[int, int], None] | None, log: Callable[[str], None], write_metadata: bool,
-                  began: float) -> BuildReport:
-    manifest = read_manifest(index_dir)
+                  began: float, store: str) -> BuildReport:
+    where = str(index_dir) if store == "faiss" else store  # what the build report names as the index
+    manifest = store_manifest(index_dir, store)
     wanted = {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
               "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION,
               "corpus": {d.source: d.sha256 for d in documents}}
@@ -127,9 +130,9 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
     if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
         metadata_file = metadata_path(corpus_dir)
         metadata_unchanged = not metadata_file.exists() or metadata_file.stat().st_mtime <= manifest.get("built_at", 0)
-        reuse = _sound(index_dir, log)
+        reuse = _sound(index_dir, log, store)
         if metadata_unchanged and reuse:
-            return BuildReport(str(index_dir), len(documents), manifest.get("chunks", 0), 0,
+            return BuildReport(where, len(documents), manifest.get("chunks", 0), 0,
                                manifest.get("chunks", 0), time.perf_counter() - began, skipped=True,
                                failures=failures)
 
@@ -143,13 +146,13 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
 
     cache = cache or EmbeddingCache()
     records = _embed(documents, located, infos, duplicates, settings, embedder, cache, progress)
-    writer = store_writer(index_dir, embedder.dimension, tokenizer, reuse=reuse)
+    writer = store_writer(index_dir, embedder.dimension, tokenizer, store, log=log, reuse=reuse)
     for report in records.reports:
         writer.add_report(report)
     writer.commit({**wanted, "built_at": time.time(), "user_words": user_words, "duplicates": duplicates,
                    "failures": [{"source": f.source, "reason": f.reason} for f in failures]})
     chunk_count = sum(len(v) for v in located.values())
-    return BuildReport(str(index_dir), len(documents), chunk_count, records.embedded,
+    return BuildReport(where, len(documents), chunk_count, records.embedded,
                        records.texts - records.embedded, time.perf_counter() - began, failures=failures,
                        duplicates=duplicates)
 

@@ -28,7 +28,7 @@ def _qa(ctx: click.Context):
 
     options = ctx.obj
     return ReportQA(corpus_dir=options["corpus"], index_dir=options["index"], model=options["model"],
-                    reranker=options["reranker"])
+                    reranker=options["reranker"], store_location=options["store"])
 
 
 def _fail(message: str) -> None:
@@ -61,11 +61,17 @@ def handle_errors(function: Callable) -> Callable:
 @click.option("--model", default=None, help="sentence-transformers model id or path (default: bundled EmbeddingGemma).")
 @click.option("--reranker", default=None,
               help="Folder of a sentence-transformers CrossEncoder to re-order the top passages ($RAG_RERANKER).")
+@click.option("--store", default=None,
+              help="Where the index lives: faiss (default), milvus:///abs/path/file.db (Milvus Lite) or "
+                   "milvus://host:port (Milvus server) ($RAG_STORE).")
 @click.pass_context
 def main(ctx: click.Context, corpus: Path | None, index_dir: Path | None, model: str | None,
-         reranker: str | None) -> None:
+         reranker: str | None, store: str | None) -> None:
     """报告问答: search Chinese analyst reports and get cited answers."""
-    ctx.obj = {"corpus": corpus, "index": index_dir, "model": model, "reranker": reranker}
+    if store:
+        # Every command (the UI, server and benchmark included) opens its store through $RAG_STORE.
+        os.environ["RAG_STORE"] = store
+    ctx.obj = {"corpus": corpus, "index": index_dir, "model": model, "reranker": reranker, "store": store}
 
 
 @main.command("fetch-model")

@@ -410,7 +410,11 @@ def _abstention_curve(probabilities: dict[str, float | None], abstained: dict[st
 def standard_configurations(corpus_dir: Path, index_dir: Path, model: str | None = None,
                             settings: Settings | None = None,
                             log: Callable[[str], None] = lambda message: None) -> list[Configuration]:
-    """bm25, dense, default and recipe configurations over one corpus (recipe index built if needed)."""
+    """bm25, dense, default and recipe configurations over one corpus (recipe index built if needed).
+
+    The main configurations use the store ``$RAG_STORE`` names; the recipe baseline always lives in the
+    embedded store under ``index_dir`` (it is a reference point, not the system under test).
+    """
     settings = settings or Settings()
     main = ReportQA(corpus_dir, index_dir, model=model, settings=settings)
     main.build(log=log)
@@ -418,7 +422,7 @@ def standard_configurations(corpus_dir: Path, index_dir: Path, model: str | None
         log(warning)
     recipe_settings = replace(settings, chunker=RECIPE_CHUNKER)
     recipe = ReportQA(corpus_dir, index_dir / "baselines" / "recipe", model=model,
-                      settings=recipe_settings)
+                      settings=recipe_settings, store_location="faiss")
     recipe.build(log=log)
     return [Configuration("bm25", "bm25", main), Configuration("dense", "dense", main),
             Configuration("recipe", "dense", recipe), Configuration("default", "hybrid", main)]

@@ -2,17 +2,19 @@
 
 Retrieval asks a store only for top-k lists and for the scores of a few named passages, never
 for a whole-corpus array, so an engine that cannot hand out every score (Milvus, an approximate
-FAISS index) can stand behind the same retrieval code. ``open_store`` is the factory; today the
-only implementation is the embedded one (``rag.faiss_store``: FAISS + bm25s + SQLite in a
-versioned folder).
+FAISS index) can stand behind the same retrieval code. ``open_store`` is the factory, chosen by
+``--store`` / ``$RAG_STORE``: ``faiss`` (default; ``rag.faiss_store``: FAISS + bm25s + SQLite in a
+versioned folder) or ``milvus://…`` (``rag.milvus_store``: a Milvus Lite file or a Milvus server).
 
 Writing goes through a ``StoreWriter`` session: reports are added and removed, then ``commit``
-makes the new state live in one step (readers see the old or the new version, never a mix).
+makes the new state live (the embedded store in one step; Milvus writes only changed reports and
+its manifest last).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -136,12 +138,36 @@ class StoreWriter(Protocol):
         ...
 
 
-def open_store(index_dir: Path) -> Store:
-    """The store in ``index_dir`` (raises ``RagError`` with a rebuild hint when unusable).
+def store_setting(location: str | None = None) -> str:
+    """Which store to use: ``location``, else ``$RAG_STORE``, else ``faiss`` (the embedded store).
+
+    ``milvus:///abs/path/file.db`` is a Milvus Lite file, ``milvus://host:port`` a Milvus server.
+    """
+    setting = (location or os.environ.get("RAG_STORE") or "faiss").strip()
+    if setting != "faiss" and not setting.startswith("milvus://"):
+        raise RagError(f"未知的存储：{setting}（可用 faiss、milvus:///绝对路径.db、milvus://主机:端口）/ unknown store")
+    if _is_milvus(setting):
+        from .milvus_store import MilvusLocation
+
+        MilvusLocation.parse(setting)  # a malformed location fails here, before any model loads
+    return setting
+
+
+def _is_milvus(setting: str) -> bool:
+    return setting.startswith("milvus://")
+
+
+def open_store(index_dir: Path, location: str | None = None) -> Store:
+    """The store in ``index_dir`` (or at ``location``; raises ``RagError`` with a rebuild hint when unusable).
 
     A build may publish a new version while this one loads: when loading fails and another version
     went live meanwhile, the new one is loaded instead, so a reader never reports a sound index as broken.
     """
+    setting = store_setting(location)
+    if _is_milvus(setting):
+        from .milvus_store import MilvusStore
+
+        return MilvusStore(setting, index_dir)
     from .faiss_store import EmbeddedStore
     from .versions import check_target, resolve_live
 
@@ -156,27 +182,62 @@ def open_store(index_dir: Path) -> Store:
     return EmbeddedStore(index_dir)
 
 
-def verify_store(index_dir: Path) -> list[str]:
+def verify_store(index_dir: Path, location: str | None = None) -> list[str]:
     """Everything wrong with the live index, checking every file's SHA-256 (empty when healthy)."""
     from .versions import file_problems, resolve_live
 
     try:
-        store = open_store(index_dir)
+        store = open_store(index_dir, location)
     except RagError as exc:
         return [str(exc)]
+    if _is_milvus(store_setting(location)):
+        return store.problems()  # type: ignore[attr-defined]
     live = resolve_live(index_dir)
     assert live is not None
     return file_problems(live, store.manifest.get("files"), hashes=True)
 
 
-def store_writer(index_dir: Path, dimension: int, tokenizer: Tokenizer, reuse: bool = True,
+def store_manifest(index_dir: Path, location: str | None = None) -> dict | None:
+    """The live index's manifest (None when there is no readable index)."""
+    setting = store_setting(location)
+    if _is_milvus(setting):
+        from .milvus_store import milvus_manifest
+
+        return milvus_manifest(setting)
+    from .versions import read_manifest
+
+    return read_manifest(index_dir)
+
+
+def store_version(index_dir: Path, location: str | None = None) -> str | None:
+    """Which version of the index is live (cheap; a reader reloads when it changes)."""
+    setting = store_setting(location)
+    if _is_milvus(setting):
+        manifest = store_manifest(index_dir, setting)
+        return None if manifest is None else str(manifest.get("built_at"))
+    from .versions import live_version
+
+    return live_version(index_dir)
+
+
+def store_writer(index_dir: Path, dimension: int, tokenizer: Tokenizer, location: str | None = None,
+                 log: Callable[[str], None] = lambda message: None, reuse: bool = True,
                  update: bool = False) -> StoreWriter:
-    """A write session on the store in ``index_dir``.
+    """A write session on the store in ``index_dir`` (or at ``location``); ``log`` hears what an
+    incremental store wrote.
 
     The session describes the whole new state (reports not added are removed), unless ``update``:
     then it starts from the live index and changes only the reports added or removed. ``reuse=False``
-    writes every file anew instead of keeping the unchanged parts of the live index (a damaged index).
+    writes every file anew instead of keeping the unchanged parts of the live index (a damaged index;
+    embedded store only).
     """
+    setting = store_setting(location)
+    if _is_milvus(setting):
+        from .milvus_store import MilvusWriter
+
+        if update:  # a Milvus session always describes the whole new state; it writes only what changed anyway
+            raise ValueError("update sessions are an embedded-store feature; pass every report to a Milvus session")
+        return MilvusWriter(setting, dimension, tokenizer, log=log)
     from .faiss_store import EmbeddedWriter
 
     return EmbeddedWriter(index_dir, dimension, tokenizer, reuse=reuse, update=update)

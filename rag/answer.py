@@ -140,9 +140,11 @@ def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | Non
         notices = boilerplate_map(hit.document.text)
         for order, unit in enumerate(_answer_units(hit, query)):
             key = squeeze(unit.text)
-            if says_nothing_new(unit, query) or key in seen:
+            # Two tables can differ only in columns the question does not name: same quote, quoted once.
+            quoted_key = squeeze(unit.quoted)
+            if says_nothing_new(unit, query) or key in seen or quoted_key in seen:
                 continue  # overlapping passages share sentences; quote each once, from the better hit
-            seen.add(key)
+            seen.update((key, quoted_key))
             notice = notices.covers(hit.chunk.start + unit.start, hit.chunk.start + unit.end)
             share = share_beyond_issuer(query, fold_key(unit.scored_as), hit.document)
             units.append((position, order, hit, unit, key, notice, share))

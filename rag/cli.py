@@ -270,21 +270,69 @@ def _print_answer(result) -> None:
     click.echo(answer_text(result))
 
 
+def _print_generated(result) -> None:
+    """A checked generated answer with its numbered sources, or the notice and the extractive answer."""
+    generated = result.generated
+    if generated is None or not generated.shown:
+        if generated is not None and generated.notice:
+            click.echo(generated.notice)
+        _print_answer(result)
+        return
+    click.echo(f"生成的回答（每句已核对引文）：\n{generated.text}\n\n来源：")
+    for number, hit in enumerate(generated.sources, start=1):
+        click.echo(f"[{number}] {hit.citation}  {hit.document.label}")
+
+
 @main.command("ask")
 @click.argument("question", required=False)
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 50))
 @click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
 @click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@click.option("--generate", is_flag=True,
+              help="Also ask an OpenAI-compatible LLM and show its answer, checked sentence by sentence.")
+@click.option("--llm-url", default=None, help="OpenAI-compatible base URL (default: $RAG_LLM_BASE_URL).")
+@click.option("--llm-model", default=None, help="Model name at that endpoint (default: $RAG_LLM_MODEL or 'local').")
+@click.option("--llm-timeout", type=float, default=None, help="Seconds to wait for the LLM (default: 60).")
 @HISTORY_OPTION
 @click.pass_context
 @handle_errors
-def ask_command(ctx, question, top_k, mode, sources, as_json, history_file) -> None:
-    """Answer QUESTION with sentences quoted from the reports, each cited."""
+def ask_command(ctx, question, top_k, mode, sources, as_json, generate, llm_url, llm_model, llm_timeout,
+                history_file) -> None:
+    """Answer QUESTION with sentences quoted from the reports, each cited (--generate: checked LLM prose)."""
+    from .llm import LLMConfig
+
     history = read_history(history_file)
+    llm = LLMConfig.from_env(llm_url, llm_model, llm_timeout) if generate else None
+    if generate and llm is None:
+        raise RagError("未配置大模型：请用 --llm-url 或 RAG_LLM_BASE_URL 指定 OpenAI 兼容接口（本地可运行 `rag llm`）/ "
+                       "no LLM configured: pass --llm-url or set RAG_LLM_BASE_URL")
     _run_batch(ctx, question, as_json,
-               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history),
-               _print_answer)
+               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history,
+                                    generate=generate, llm=llm),
+               _print_generated if generate else _print_answer)
+
+
+@main.command("llm")
+@click.option("--model", "model_name", type=click.Choice(["qwen-1.5b", "qwen-0.5b"]), default="qwen-1.5b",
+              show_default=True, help="Which bundled GGUF model to serve.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, type=int, help="0: a free port.")
+@handle_errors
+def llm_command(model_name: str, host: str, port: int) -> None:
+    """Serve the bundled local LLM with llama-cpp-python's OpenAI-compatible server (Ctrl-C stops it)."""
+    import time
+
+    from .llm_server import start_local_llm
+
+    server = start_local_llm(model_name, host=host, port=port or None)
+    click.echo(f"本地大模型已启动 / local LLM serving at {server.base_url}\n"
+               f"export RAG_LLM_BASE_URL={server.base_url}  # then: rag ask --generate \"…\"")
+    try:
+        while server.process.poll() is None:
+            time.sleep(1)
+    finally:
+        server.stop()
 
 
 @main.command("cite")

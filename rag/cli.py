@@ -364,14 +364,20 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
 @click.option("--conversations", "conversations_file", type=click.Path(path_type=Path), default=None,
               help="Evaluate follow-up questions instead: a conversation file (eval/conversations.jsonl).")
+@click.option("--answers", default=None, help="Compare answers instead: extractive,generated (needs an LLM).")
+@click.option("--llm-url", default=None, help="OpenAI-compatible base URL for --answers (default: $RAG_LLM_BASE_URL).")
 @click.pass_context
 @handle_errors
-def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, conversations_file) -> None:
+def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, conversations_file, answers,
+                 llm_url) -> None:
     """Benchmark retrieval on a question set: bm25, dense, the default pipeline and a typical recipe."""
     import datetime
 
     from . import evaluate
 
+    if answers is not None:
+        _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, llm_url)
+        return
     if conversations_file is not None:
         split = split or "test"
         qa = _qa(ctx)
@@ -410,6 +416,36 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, c
     else:
         click.echo(report)
         click.echo(f"written: {out_dir / (stem + '.md')}, {chart}", err=True)
+
+
+def _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, llm_url) -> None:
+    """``rag eval --answers extractive,generated``: both answers on the same questions (rag.answer_eval)."""
+    import datetime
+
+    from . import answer_eval, evaluate
+    from .llm import LLMConfig
+
+    if {a.strip() for a in answers.split(",") if a.strip()} != set(answer_eval.KINDS):
+        raise RagError("--answers 目前只支持 extractive,generated / --answers takes extractive,generated")
+    llm = LLMConfig.from_env(llm_url)
+    if llm is None:
+        raise RagError("未配置大模型：请用 --llm-url 或 RAG_LLM_BASE_URL 指定 OpenAI 兼容接口（本地可运行 `rag llm`）/ "
+                       "no LLM configured: pass --llm-url or set RAG_LLM_BASE_URL")
+    split = split or "test"
+    questions = evaluate.load_questions(questions_file, split)[:limit]
+    qa = _qa(ctx)
+    qa.build(log=lambda m: click.echo(m, err=True))
+    numbers = answer_eval.evaluate_answers(qa, questions, llm, progress=lambda m: click.echo(m, err=True))
+    report = answer_eval.answers_report(numbers, split, str(questions_file))
+    stem = f"{datetime.date.today().isoformat()}-answers-{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.md").write_text(report, encoding="utf-8")
+    (out_dir / f"{stem}.json").write_text(json.dumps(numbers, ensure_ascii=False, indent=1), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in numbers.items() if k != "records"}, ensure_ascii=False, indent=2))
+    else:
+        click.echo(report)
+        click.echo(f"written: {out_dir / (stem + '.md')}, {out_dir / (stem + '.json')}", err=True)
 
 
 @main.command("bench")

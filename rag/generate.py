@@ -55,6 +55,8 @@ def generate_answer(query: Query, hits: list[Hit], client: LLMClient, encode: Ca
     checks = check_sentences(query, passages, raw, encode, settings)
     used: list[int] = []
     for check in checks:
+        if check.verified and is_refusal(check.text):  # "not in the reports" is no fact to cite
+            check.verified, check.supporting, check.reason = False, [], "refusal"
         for index in check.supporting:
             if index not in used:
                 used.append(index)

@@ -13,9 +13,17 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import RagError
 from .results import Hit
+
+if TYPE_CHECKING:
+    from openai.types.chat import (
+        ChatCompletionMessageParam,
+        ChatCompletionSystemMessageParam,
+        ChatCompletionUserMessageParam,
+    )
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_TOKENS = 384
@@ -54,12 +62,16 @@ class LLMConfig:
         url = base_url or os.environ.get("RAG_LLM_BASE_URL")
         if not url:
             return None
-        return cls(base_url=url.rstrip("/"), model=model or os.environ.get("RAG_LLM_MODEL", "local"),
-                   api_key=os.environ.get("RAG_LLM_API_KEY", "not-needed"),
-                   timeout=float(timeout or os.environ.get("RAG_LLM_TIMEOUT", DEFAULT_TIMEOUT)))
+        if timeout is None:
+            try:
+                timeout = float(os.environ.get("RAG_LLM_TIMEOUT") or DEFAULT_TIMEOUT)
+            except ValueError:
+                raise RagError("RAG_LLM_TIMEOUT 应为秒数 / RAG_LLM_TIMEOUT must be a number of seconds") from None
+        return cls(base_url=url.rstrip("/"), model=model or os.environ.get("RAG_LLM_MODEL") or "local",
+                   api_key=os.environ.get("RAG_LLM_API_KEY") or "not-needed", timeout=timeout)
 
 
-def build_messages(question: str, hits: list[Hit]) -> list[dict[str, str]]:
+def build_messages(question: str, hits: list[Hit]) -> list[ChatCompletionMessageParam]:
     """The chat messages: instructions, then the numbered passages and the question."""
     passages = []
     for number, hit in enumerate(hits, start=1):
@@ -69,7 +81,9 @@ def build_messages(question: str, hits: list[Hit]) -> list[dict[str, str]]:
             text = f"{header}\n{text}"
         passages.append(f"[{number}] {text}")
     user = "段落：\n" + "\n\n".join(passages) + f"\n\n问题：{question}\n回答："
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    system: ChatCompletionSystemMessageParam = {"role": "system", "content": SYSTEM_PROMPT}
+    asking: ChatCompletionUserMessageParam = {"role": "user", "content": user}
+    return [system, asking]
 
 
 @dataclass
@@ -91,7 +105,7 @@ class LLMClient:
         self._client = OpenAI(base_url=config.base_url, api_key=config.api_key, timeout=config.timeout,
                               max_retries=0)
 
-    def stream(self, messages: list[dict[str, str]], timing: StreamTiming | None = None) -> Iterator[str]:
+    def stream(self, messages: list[ChatCompletionMessageParam], timing: StreamTiming | None = None) -> Iterator[str]:
         """Yield the answer's text pieces as they arrive; raise ``LLMError`` on any failure."""
         import openai
 
@@ -100,7 +114,7 @@ class LLMClient:
         received = False
         try:
             response = self._client.chat.completions.create(
-                model=self.config.model, messages=messages, stream=True,  # type: ignore[arg-type]
+                model=self.config.model, messages=messages, stream=True,
                 temperature=0.0, max_tokens=self.config.max_tokens)
             for chunk in response:
                 if time.monotonic() > deadline:
@@ -133,7 +147,7 @@ class LLMClient:
         if not received:
             raise LLMError("LLM returned no text", "大模型没有给出回答，以下为抽取式答案。")
 
-    def complete(self, messages: list[dict[str, str]], on_text: Callable[[str], None] | None = None,
+    def complete(self, messages: list[ChatCompletionMessageParam], on_text: Callable[[str], None] | None = None,
                  timing: StreamTiming | None = None) -> str:
         """The whole answer text; ``on_text`` receives the text so far after every piece."""
         text = ""

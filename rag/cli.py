@@ -321,10 +321,16 @@ def ask_command(ctx, question, top_k, mode, sources, as_json, generate, llm_url,
 @handle_errors
 def llm_command(model_name: str, host: str, port: int) -> None:
     """Serve the bundled local LLM with llama-cpp-python's OpenAI-compatible server (Ctrl-C stops it)."""
+    import signal
     import time
 
     from .llm_server import start_local_llm
 
+    def stop(signum, frame) -> None:  # SIGTERM/SIGHUP too, so the server never outlives this command
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     server = start_local_llm(model_name, host=host, port=port or None)
     click.echo(f"本地大模型已启动 / local LLM serving at {server.base_url}\n"
                f"export RAG_LLM_BASE_URL={server.base_url}  # then: rag ask --generate \"…\"")

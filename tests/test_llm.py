@@ -110,3 +110,39 @@ def test_cli_generate_without_llm_is_a_clear_error(tiny_qa, tiny_model):
                                         "--model", tiny_model, "ask", QUESTION, "--generate"],
                                  env={"RAG_LLM_BASE_URL": ""})
     assert outcome.exit_code == 1 and "RAG_LLM_BASE_URL" in outcome.output
+
+
+def test_api_ask_generate_streams_only_checked_text(tiny_qa, llm, monkeypatch):
+    import httpx
+    from test_server import running, sse_events
+
+    from rag import server
+
+    monkeypatch.setenv("RAG_LLM_BASE_URL", llm.base_url)
+    monkeypatch.setenv("RAG_LLM_TIMEOUT", "300")
+    with running(server.create_app(tiny_qa, ui=False)) as url, httpx.Client(base_url=url, timeout=600) as http:
+        plain = http.post("/v1/ask", json={"query": QUESTION, "generate": True})
+        assert plain.status_code == 200, plain.text
+        generated = plain.json()["generated"]
+        assert generated["raw"] and {"shown", "text", "sentences"} <= set(generated)
+        with http.stream("POST", "/v1/ask", json={"query": QUESTION, "generate": True, "stream": True}) as reply:
+            events = sse_events(reply)
+    streamed = "".join(json.loads(data)["text"] for event, data in events if event == "delta")
+    result = json.loads(next(data for event, data in events if event == "result"))
+    expected = result["generated"]["text"] if result["generated"]["shown"] else result["answer"]
+    assert streamed == expected
+
+
+def test_eval_answers_reports_both_kinds(tiny_qa, llm):
+    from rag.answer_eval import answers_report, evaluate_answers
+    from rag.evaluate import Question
+
+    questions = [Question("t1", QUESTION, ["1750亿"], [], "numeric", answer="1750亿"),
+                 Question("t2", "华为的火星基地有多少名员工？", [], [], "unanswerable")]
+    numbers = evaluate_answers(tiny_qa, questions, llm)
+    assert numbers["questions"] == {"n": 2, "answerable": 1, "unanswerable": 1}
+    generated = numbers["generated"]
+    assert generated["shown_numbers_not_in_cited"] == 0
+    assert generated["shown_sentences_verified"] == 1.0
+    assert generated["llm_failures"] == 0 and generated["full_p50"] > 0
+    assert "| 展示句已核实比例" in answers_report(numbers, "dev", "inline")

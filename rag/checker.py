@@ -37,6 +37,7 @@ _SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;]*")
 _GENERIC = {"多少", "什么", "哪些", "哪个", "哪家", "哪年", "如何", "怎么", "怎样", "是否", "为什么", "报告", "根据",
             "主要", "目前", "相关", "情况", "分别", "介绍", "一下", "请问", "以及", "可以"}
 _NAME_WITH_VERSION = re.compile(r"[A-Za-z\u4e00-\u9fff][A-Za-z]*[-\s]?\d+(?:\.\d+)*")
+_LATIN_VERSIONED = re.compile(r"(?<![a-z])([a-z]+)[-\s]?\d+(?:\.\d+)*")
 
 
 def numbers_of(text: str) -> list[str]:
@@ -105,17 +106,36 @@ def _number_positions(number: str, folded: str) -> list[int]:
     return [m.start() for m in pattern.finditer(cleaned)]
 
 
+def _versioned(text: str) -> list[tuple[int, str, str]]:
+    """(start, name, family) of every versioned Latin name in folded ``text``: ``gpt-3`` is family ``gpt``."""
+    return [(m.start(), re.sub(r"[-\s]", "", m.group(0)), m.group(1)) for m in _LATIN_VERSIONED.finditer(text)]
+
+
+def _other_version_owns(position: int, mentions: list[tuple[int, str, str]], subjects: Sequence[str]) -> bool:
+    """True when the versioned name nearest before ``position`` belongs to the subject's family but is
+    not the subject (a GPT-3 cell or clause given for GPT-4)."""
+    named = {re.sub(r"[-\s]", "", term) for term in subjects}
+    families = {family for _, name, family in _versioned(" ".join(subjects)) if name in named}
+    before = [(start, name) for start, name, family in mentions if family in families and start <= position]
+    return bool(before) and max(before)[1] not in named
+
+
 def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str]) -> tuple[bool, bool]:
-    """(occurs in one of ``units``, occurs there with a subject term within ``SUBJECT_WINDOW`` characters)."""
+    """(occurs in one of ``units``, occurs there tied to the subject).
+
+    Tied: a subject term within ``SUBJECT_WINDOW`` characters, and, when the question names a versioned
+    name (``gpt-4``), the nearest name of that family before the number is that name, not a sibling.
+    """
     occurs = False
     for unit in units:
         cleaned = re.sub(r"(?<=\d),(?=\d{3})", "", unit.folded)
+        mentions = _versioned(cleaned)
         for position in _number_positions(number, unit.folded):
             occurs = True
             if not subjects:
                 return True, True
             window = cleaned[max(0, position - SUBJECT_WINDOW):position + len(number) + SUBJECT_WINDOW]
-            if any(term in window for term in subjects):
+            if any(term in window for term in subjects) and not _other_version_owns(position, mentions, subjects):
                 return True, True
     return occurs, False
 

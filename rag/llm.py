@@ -1,10 +1,10 @@
 """One client for every LLM: the OpenAI-compatible chat API, through the ``openai`` library.
 
-Configured by ``RAG_LLM_BASE_URL`` (or ``--llm-url``), ``RAG_LLM_MODEL``, ``RAG_LLM_API_KEY`` and
-``RAG_LLM_TIMEOUT`` (seconds). Works with DeepSeek, Qwen through an API, Ollama, vLLM and the local
-llama-cpp-python server started by ``rag llm``. Every failure (endpoint down, timeout, refusal by
-the endpoint, empty output) becomes an ``LLMError`` so the caller can fall back to the extractive
-answer with a one-line notice.
+Configured by ``RAG_LLM_BASE_URL`` (or ``--llm-url``), ``RAG_LLM_MODEL``, ``RAG_LLM_API_KEY``,
+``RAG_LLM_TIMEOUT`` (seconds) and ``RAG_LLM_MAX_TOKENS`` (answer length cap, default 384). Works
+with DeepSeek, Qwen through an API, Ollama, vLLM and the local llama-cpp-python server started by
+``rag llm``. Every failure (endpoint down, timeout, refusal by the endpoint, empty output) becomes an
+``LLMError`` so the caller can fall back to the extractive answer with a one-line notice.
 """
 
 from __future__ import annotations
@@ -67,8 +67,12 @@ class LLMConfig:
                 timeout = float(os.environ.get("RAG_LLM_TIMEOUT") or DEFAULT_TIMEOUT)
             except ValueError:
                 raise RagError("RAG_LLM_TIMEOUT 应为秒数 / RAG_LLM_TIMEOUT must be a number of seconds") from None
+        try:
+            max_tokens = int(os.environ.get("RAG_LLM_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
+        except ValueError:
+            raise RagError("RAG_LLM_MAX_TOKENS 应为整数 / RAG_LLM_MAX_TOKENS must be an integer") from None
         return cls(base_url=url.rstrip("/"), model=model or os.environ.get("RAG_LLM_MODEL") or "local",
-                   api_key=os.environ.get("RAG_LLM_API_KEY") or "not-needed", timeout=timeout)
+                   api_key=os.environ.get("RAG_LLM_API_KEY") or "not-needed", timeout=timeout, max_tokens=max_tokens)
 
 
 def build_messages(question: str, hits: list[Hit]) -> list[ChatCompletionMessageParam]:

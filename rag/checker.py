@@ -33,6 +33,8 @@ SUBJECT_WINDOW = 40
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _MARKER = re.compile(r"\s*[\[【]\s*(\d{1,2})\s*[\]】]")
 _SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;]*")
+# List numbering ("1. ", "2、", "（3）") at a line start or after a colon: not a figure to verify.
+_ENUMERATOR = re.compile(r"(?:^|(?<=[：:\s]))(?:\d{1,2}[.、．)）](?!\d)|[(（]\d{1,2}[)）])\s*")
 # Question words and generic words that say nothing about whose number it is.
 _GENERIC = {"多少", "什么", "哪些", "哪个", "哪家", "哪年", "如何", "怎么", "怎样", "是否", "为什么", "报告", "根据",
             "主要", "目前", "相关", "情况", "分别", "介绍", "一下", "请问", "以及", "可以"}
@@ -52,7 +54,7 @@ def split_sentences(answer: str) -> list[tuple[str, list[int]]]:
     for match in _SENTENCE.finditer(answer):
         raw = match.group(0)
         markers = [int(n) for n in _MARKER.findall(raw)]
-        text = _MARKER.sub("", raw).strip()
+        text = _ENUMERATOR.sub("", _MARKER.sub("", raw)).strip()
         if re.sub(r"[\W_]+", "", text):
             sentences.append((text, markers))
     return sentences

@@ -26,3 +26,9 @@ def test_number_from_a_sibling_version_is_not_tied_to_the_subject():
     assert number_supported("15.8", [row], ["gpt2", "参数量"]) == (True, True)
     prose = Unit(0, "", "gpt-4相比gpt-3的1750亿参数有大幅提升")
     assert number_supported("1750", [prose], ["gpt-4", "参数"]) == (True, False)
+
+
+def test_list_numbering_is_not_a_figure():
+    answer = "以下改进：\n1. 添加了两种新机制。\n2、提供了更简单的流程。（3）版本1.8支持AMD GPU。改进：1.8版"
+    assert [text for text, _ in split_sentences(answer)] == [
+        "以下改进：", "添加了两种新机制。", "提供了更简单的流程。", "版本1.8支持AMD GPU。", "改进：1.8版"]

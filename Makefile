@@ -12,7 +12,14 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup model browser index run serve ask test test-fast eval bench lint
+.PHONY: setup model browser index run serve ask test test-fast eval bench lint llm llm-serve
+
+# llama-cpp-python builds from source: a portable AVX2/AVX-512 build with AMX off. The default
+# native build enables AMX on this CPU and segfaults in decode; GGML_NATIVE=OFF with explicit ISA
+# flags is the clean fix (pip's wheel cache makes later installs fast).
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +39,17 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; \
 	fi
 
+# The optional local LLM for generated answers: llama-cpp-python[server] and both Qwen GGUF models.
+$(VENV)/.llm-installed: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[llm]'
+	touch $@
+
+llm: $(VENV)/.llm-installed
+	$(PY) -m rag.model_fetch qwen-0.5b qwen-1.5b
+
+llm-serve: llm
+	$(RAG) llm
+
 index: setup
 	$(RAG) index
 
@@ -44,7 +62,7 @@ serve: index
 ask: index
 	$(RAG) ask "$(Q)"
 
-test: setup browser
+test: setup browser llm
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed browser

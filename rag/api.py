@@ -18,7 +18,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +32,12 @@ from .embed import Embedder, EmbeddingCache, QueryEncoder, load_embedder
 from .errors import NotFoundError, RagError
 from .followup import standalone_turns
 from .fusion import FusionSettings
+from .generate import generate_answer
+from .llm import LLMClient, LLMConfig
 from .metadata import forget_report
 from .query import Query, analyse
 from .rerank import Reranker, load_cross_encoder
-from .results import Answer, AskResult, Hit, SearchResult
+from .results import Answer, AskResult, GeneratedAnswer, Hit, SearchResult
 from .retrieve import MODES, Retriever
 from .store import Store, open_store, store_setting, store_version, verify_store
 from .versions import REBUILD_HINT
@@ -198,22 +200,36 @@ class ReportQA:
                             standalone=query.text if rewrite and rewrite.rewritten else None)
 
     def ask(self, question: str, top_k: int = 5, mode: str = "hybrid",
-            sources: list[str] | None = None, history: Sequence[str] | None = None) -> AskResult:
+            sources: list[str] | None = None, history: Sequence[str] | None = None,
+            generate: bool = False, llm: LLMConfig | None = None,
+            on_text: Callable[[str], None] | None = None) -> AskResult:
         """An extractive answer built only from the retrieved passages, with citation markers.
 
         Whether to answer is judged on at least ``TOP_PASSAGES`` hits whatever ``top_k`` is, so
         asking for fewer passages does not change the decision; only ``top_k`` are returned and quoted.
-        ``history``: the chat's earlier questions, as for ``search``.
+        ``history``: the chat's earlier questions, as for ``search``. ``generate`` also asks the
+        OpenAI-compatible LLM of ``llm`` (default: ``RAG_LLM_*``) and checks its answer sentence by
+        sentence (``result.generated``; ``on_text`` sees the raw text grow); the extractive answer
+        stays in ``answer`` as the fallback.
         """
         top_k = clamp_top_k(top_k)
         found = self.search(question, top_k=max(top_k, TOP_PASSAGES), mode=mode, sources=sources, history=history)
         if found.error or found.analysed is None:
             return AskResult(query=found.query, error=found.error, answer=found.error or "", abstained=True)
         answer = self.compose(found.analysed, found.hits, max_passages=min(3, top_k))
+        generated = self.generate(found.analysed, found.hits, llm, on_text) if generate else None
         return AskResult(query=found.query, hits=found.hits[:top_k], warning=found.warning, answer=answer.text,
                          abstained=answer.abstained, sources=answer.sources, caution=answer.caution,
                          unanswerable_probability=answer.unanswerable_probability, analysed=found.analysed,
-                         standalone=found.standalone)
+                         standalone=found.standalone, generated=generated)
+
+    def generate(self, query: Query, hits: list[Hit], llm: LLMConfig | None = None,
+                 on_text: Callable[[str], None] | None = None) -> GeneratedAnswer:
+        """The checked generated answer to ``query`` from ``hits`` (``shown=False`` with a notice on failure)."""
+        config = llm or LLMConfig.from_env()
+        if config is None:
+            return GeneratedAnswer(shown=False, notice="未配置大模型（RAG_LLM_BASE_URL），以下为抽取式答案。")
+        return generate_answer(query, hits, LLMClient(config), self.embedder.embed_documents, on_text=on_text)
 
     def compose(self, query: Query, hits: list[Hit], max_passages: int = 3) -> Answer:
         """The extractive answer to ``query`` from ``hits``: what ``ask`` replies and ``rag eval`` measures."""

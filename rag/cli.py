@@ -279,21 +279,75 @@ def _print_answer(result) -> None:
     click.echo(answer_text(result))
 
 
+def _print_generated(result) -> None:
+    """A checked generated answer with its numbered sources, or the notice and the extractive answer."""
+    generated = result.generated
+    if generated is None or not generated.shown:
+        if generated is not None and generated.notice:
+            click.echo(generated.notice)
+        _print_answer(result)
+        return
+    click.echo(f"生成的回答（每句已核对引文）：\n{generated.text}\n\n来源：")
+    for number, hit in enumerate(generated.sources, start=1):
+        click.echo(f"[{number}] {hit.citation}  {hit.document.label}")
+
+
 @main.command("ask")
 @click.argument("question", required=False)
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 50))
 @click.option("--mode", type=MODE_CHOICE, default="hybrid", show_default=True)
 @click.option("--source", "sources", multiple=True, help="Only search these report files (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines; without QUESTION, one question per stdin line.")
+@click.option("--generate", is_flag=True,
+              help="Also ask an OpenAI-compatible LLM and show its answer, checked sentence by sentence.")
+@click.option("--llm-url", default=None, help="OpenAI-compatible base URL (default: $RAG_LLM_BASE_URL).")
+@click.option("--llm-model", default=None, help="Model name at that endpoint (default: $RAG_LLM_MODEL or 'local').")
+@click.option("--llm-timeout", type=float, default=None, help="Seconds to wait for the LLM (default: 60).")
 @HISTORY_OPTION
 @click.pass_context
 @handle_errors
-def ask_command(ctx, question, top_k, mode, sources, as_json, history_file) -> None:
-    """Answer QUESTION with sentences quoted from the reports, each cited."""
+def ask_command(ctx, question, top_k, mode, sources, as_json, generate, llm_url, llm_model, llm_timeout,
+                history_file) -> None:
+    """Answer QUESTION with sentences quoted from the reports, each cited (--generate: checked LLM prose)."""
+    from .llm import LLMConfig
+
     history = read_history(history_file)
+    llm = LLMConfig.from_env(llm_url, llm_model, llm_timeout) if generate else None
+    if generate and llm is None:
+        raise RagError("未配置大模型：请用 --llm-url 或 RAG_LLM_BASE_URL 指定 OpenAI 兼容接口（本地可运行 `rag llm`）/ "
+                       "no LLM configured: pass --llm-url or set RAG_LLM_BASE_URL")
     _run_batch(ctx, question, as_json,
-               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history),
-               _print_answer)
+               lambda qa, q: qa.ask(q, top_k=top_k, mode=mode, sources=list(sources) or None, history=history,
+                                    generate=generate, llm=llm),
+               _print_generated if generate else _print_answer)
+
+
+@main.command("llm")
+@click.option("--model", "model_name", type=click.Choice(["qwen-1.5b", "qwen-0.5b"]), default="qwen-1.5b",
+              show_default=True, help="Which bundled GGUF model to serve.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, type=int, help="0: a free port.")
+@handle_errors
+def llm_command(model_name: str, host: str, port: int) -> None:
+    """Serve the bundled local LLM with llama-cpp-python's OpenAI-compatible server (Ctrl-C stops it)."""
+    import signal
+    import time
+
+    from .llm_server import start_local_llm
+
+    def stop(signum, frame) -> None:  # SIGTERM/SIGHUP too, so the server never outlives this command
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    server = start_local_llm(model_name, host=host, port=port or None)
+    click.echo(f"本地大模型已启动 / local LLM serving at {server.base_url}\n"
+               f"export RAG_LLM_BASE_URL={server.base_url}  # then: rag ask --generate \"…\"")
+    try:
+        while server.process.poll() is None:
+            time.sleep(1)
+    finally:
+        server.stop()
 
 
 @main.command("cite")
@@ -325,14 +379,20 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
 @click.option("--conversations", "conversations_file", type=click.Path(path_type=Path), default=None,
               help="Evaluate follow-up questions instead: a conversation file (eval/conversations.jsonl).")
+@click.option("--answers", default=None, help="Compare answers instead: extractive,generated (needs an LLM).")
+@click.option("--llm-url", default=None, help="OpenAI-compatible base URL for --answers (default: $RAG_LLM_BASE_URL).")
 @click.pass_context
 @handle_errors
-def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, conversations_file) -> None:
+def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, conversations_file, answers,
+                 llm_url) -> None:
     """Benchmark retrieval on a question set: bm25, dense, the default pipeline and a typical recipe."""
     import datetime
 
     from . import evaluate
 
+    if answers is not None:
+        _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, llm_url)
+        return
     if conversations_file is not None:
         split = split or "test"
         qa = _qa(ctx)
@@ -371,6 +431,36 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, c
     else:
         click.echo(report)
         click.echo(f"written: {out_dir / (stem + '.md')}, {chart}", err=True)
+
+
+def _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, llm_url) -> None:
+    """``rag eval --answers extractive,generated``: both answers on the same questions (rag.answer_eval)."""
+    import datetime
+
+    from . import answer_eval, evaluate
+    from .llm import LLMConfig
+
+    if {a.strip() for a in answers.split(",") if a.strip()} != set(answer_eval.KINDS):
+        raise RagError("--answers 目前只支持 extractive,generated / --answers takes extractive,generated")
+    llm = LLMConfig.from_env(llm_url)
+    if llm is None:
+        raise RagError("未配置大模型：请用 --llm-url 或 RAG_LLM_BASE_URL 指定 OpenAI 兼容接口（本地可运行 `rag llm`）/ "
+                       "no LLM configured: pass --llm-url or set RAG_LLM_BASE_URL")
+    split = split or "test"
+    questions = evaluate.load_questions(questions_file, split)[:limit]
+    qa = _qa(ctx)
+    qa.build(log=lambda m: click.echo(m, err=True))
+    numbers = answer_eval.evaluate_answers(qa, questions, llm, progress=lambda m: click.echo(m, err=True))
+    report = answer_eval.answers_report(numbers, split, str(questions_file))
+    stem = f"{datetime.date.today().isoformat()}-answers-{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.md").write_text(report, encoding="utf-8")
+    (out_dir / f"{stem}.json").write_text(json.dumps(numbers, ensure_ascii=False, indent=1), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in numbers.items() if k != "records"}, ensure_ascii=False, indent=2))
+    else:
+        click.echo(report)
+        click.echo(f"written: {out_dir / (stem + '.md')}, {out_dir / (stem + '.json')}", err=True)
 
 
 @main.command("bench")

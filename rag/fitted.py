@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-SECTIONS = ("fusion", "second_stage", "answerability", "answer")
+SECTIONS = ("fusion", "second_stage", "answerability", "answer", "generated")
 # What an index must share with the data a value was fitted on for the value to mean the same.
 MATCHED_SETTINGS = ("model", "chunker", "chunker_version", "tokenizer_version")
 

@@ -249,6 +249,23 @@ def answer_html(qa: ReportQA, result: AskResult) -> str:
     return "".join(parts)
 
 
+def generated_html(qa: ReportQA, result: AskResult) -> str:
+    """A generated answer after checking, with its numbered sources; else its notice over the extractive answer.
+
+    Only the checker's verified sentences are shown, each with the markers the checker attached.
+    """
+    import dataclasses
+
+    generated = result.generated
+    if generated is None or not generated.shown or result.error:
+        notice = f"<div class=\"rag-note\">{escape(generated.notice)}</div>" if generated and generated.notice else ""
+        return notice + answer_html(qa, result)
+    shown = dataclasses.replace(result, answer=generated.text, sources=generated.sources, caution=False,
+                                abstained=False)
+    label = "<div class=\"rag-note\">生成式回答：每句均已对照所引段落核实（数字、主语、语义）。</div>"
+    return label + answer_html(qa, shown)
+
+
 def notice_html(message: str, error: bool = True) -> str:
     """A short message in the answer/lookup style."""
     css = "rag-error" if error else "rag-empty"

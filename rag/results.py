@@ -61,6 +61,34 @@ class SearchJSON(TypedDict):
     standalone: NotRequired[str]
 
 
+class GeneratedSentenceJSON(TypedDict):
+    """One sentence of a generated answer: its ``citations`` (IDs of the passages the checker found
+    supporting it; ``markers`` index ``generated.sources``) and whether it was ``verified``."""
+
+    text: str
+    markers: list[int]
+    citations: list[str]
+    verified: bool
+    reason: str
+
+
+class GeneratedJSON(TypedDict):
+    """A generated answer after checking. ``shown`` is false when the extractive answer is shown
+    instead (``notice`` says why, in one line); ``text`` is what the user sees of the generated answer
+    (verified sentences with markers, or those marked 未能核实); ``raw`` is the model's own output."""
+
+    shown: bool
+    text: str
+    notice: str | None
+    model: str
+    sentences: list[GeneratedSentenceJSON]
+    sources: list[SourceJSON]
+    raw: str
+    fabricated_numbers: list[str]
+    first_token_seconds: float | None
+    total_seconds: float | None
+
+
 class AskJSON(SearchJSON):
     """A search plus the extractive ``answer`` with [n] markers, whether it ``abstained`` (answer is
     在报告中未找到相关内容), whether it carries a ``caution`` note, the answerability model's
@@ -71,6 +99,7 @@ class AskJSON(SearchJSON):
     caution: bool
     unanswerable_probability: float | None
     sources: list[SourceJSON]
+    generated: NotRequired[GeneratedJSON]
 
 
 @dataclass
@@ -128,6 +157,59 @@ class Answer:
 
 
 @dataclass
+class GeneratedSentence:
+    """One sentence of a generated answer; ``markers`` index ``GeneratedAnswer.sources`` (1-based)."""
+
+    text: str
+    markers: list[int]
+    verified: bool
+    reason: str = ""
+
+
+@dataclass
+class GeneratedAnswer:
+    """A generated answer after the checker (``rag.checker``) and what reaches the user.
+
+    ``shown`` is false when nothing could be verified or the LLM failed: the extractive answer is
+    shown with ``notice``. Only verified sentences, each with its citations, are ever in ``text``;
+    sentences that fail the checker are dropped (kept in ``sentences`` with the reason, for audit).
+    """
+
+    shown: bool
+    sentences: list[GeneratedSentence] = field(default_factory=list)
+    sources: list[Hit] = field(default_factory=list)
+    notice: str | None = None
+    model: str = ""
+    raw: str = ""
+    fabricated_numbers: list[str] = field(default_factory=list)
+    first_token_seconds: float | None = None
+    total_seconds: float | None = None
+
+    @property
+    def displayed(self) -> list[GeneratedSentence]:
+        """The sentences a user sees: the verified ones (none at all when the answer is not shown)."""
+        return [s for s in self.sentences if s.verified and s.markers] if self.shown else []
+
+    @property
+    def text(self) -> str:
+        """The displayed sentences, each followed by its markers."""
+        return "".join(s.text + "".join(f"[{m}]" for m in s.markers) for s in self.displayed)
+
+    def to_json(self) -> GeneratedJSON:
+        """The ``generated`` object of the JSON contract."""
+        return {
+            "shown": self.shown, "text": self.text, "notice": self.notice, "model": self.model,
+            "sentences": [{"text": s.text, "markers": s.markers,
+                           "citations": [self.sources[m - 1].citation for m in s.markers],
+                           "verified": s.verified, "reason": s.reason} for s in self.sentences],
+            "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
+                        for n, h in enumerate(self.sources, start=1)],
+            "raw": self.raw, "fabricated_numbers": self.fabricated_numbers,
+            "first_token_seconds": self.first_token_seconds, "total_seconds": self.total_seconds,
+        }
+
+
+@dataclass
 class SearchResult:
     """Hits for one question (``error`` is set instead when the question was unusable).
 
@@ -163,14 +245,19 @@ class AskResult(SearchResult):
     sources: list[Hit] = field(default_factory=list)
     caution: bool = False
     unanswerable_probability: float | None = None
+    generated: GeneratedAnswer | None = None
 
     def to_json(self) -> AskJSON:
-        """Search JSON plus ``answer``, ``abstained``, ``caution``, ``unanswerable_probability`` and the
-        cited ``sources``."""
-        return {**super().to_json(), "answer": self.answer, "abstained": self.abstained, "caution": self.caution,
-                "unanswerable_probability": self.unanswerable_probability,
-                "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
-                            for n, h in enumerate(self.sources, start=1)]}
+        """Search JSON plus ``answer``, ``abstained``, ``caution``, ``unanswerable_probability``, the
+        cited ``sources`` and, when a generated answer was asked for, ``generated``."""
+        payload: AskJSON = {
+            **super().to_json(), "answer": self.answer, "abstained": self.abstained, "caution": self.caution,
+            "unanswerable_probability": self.unanswerable_probability,
+            "sources": [{"marker": n, "citation": h.citation, "label": h.document.label}
+                        for n, h in enumerate(self.sources, start=1)]}
+        if self.generated is not None:
+            payload["generated"] = self.generated.to_json()
+        return payload
 
     @property
     def closest(self) -> list[Hit]:

@@ -262,6 +262,9 @@ class AskRequest(SearchRequest):
     """A question, as for ``rag ask``; ``stream`` asks for server-sent events."""
 
     stream: bool = Field(False, description="以 SSE 流式返回 / reply as server-sent events")
+    generate: bool = Field(False, description="同时请大模型（RAG_LLM_BASE_URL）生成回答并逐句核实，见 `generated` / "
+                                              "also a generated answer from the configured LLM, checked sentence "
+                                              "by sentence (`generated`)")
 
 
 class ReportEntry(BaseModel):
@@ -585,14 +588,14 @@ class Service:
         return result
 
     async def answer(self, question: str, top_k: int, mode: str, sources: list[str] | None,
-                     history: Sequence[str] = ()) -> AskResult:
+                     history: Sequence[str] = (), generate: bool = False) -> AskResult:
         """``ReportQA.ask`` with the API's checks: 503 without an index, 404 for unknown reports,
         400 for an unusable question; one trip to a worker thread. ``history`` (a chat's earlier
         questions) turns a follow-up into the standalone question it stands for (``rag.followup``).
         """
         def run() -> AskResult:
             return self.qa.ask(question, top_k=top_k, mode=mode, sources=self.known_sources(sources),
-                               history=list(history) or None)
+                               history=list(history) or None, generate=generate)
 
         return await self.compute(self._query, run)
 
@@ -673,8 +676,11 @@ def create_app(qa: ReportQA, *, api_key: str | None = None, cors_origins: Sequen
               "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
         summary="抽取式回答 / extractive answer with [n] markers")
     async def ask(request: AskRequest):
-        result = await service.answer(request.query, request.top_k, request.mode, request.sources)
+        result = await service.answer(request.query, request.top_k, request.mode, request.sources,
+                                      generate=request.generate)
         payload = result.to_json()
+        # With generate, only the checked generated text is streamed (never the model's unchecked draft).
+        shown = payload["generated"]["text"] if "generated" in payload and payload["generated"]["shown"] else None
         if not request.stream:
             return payload
 
@@ -683,7 +689,7 @@ def create_app(qa: ReportQA, *, api_key: str | None = None, cors_origins: Sequen
             if "warning" in payload:
                 found["warning"] = payload["warning"]
             yield sse_event(found, "hits")
-            for piece in pieces(payload["answer"]):
+            for piece in pieces(shown or payload["answer"]):
                 yield sse_event({"text": piece}, "delta")
             yield sse_event(payload, "result")
             yield sse_event({}, "done")

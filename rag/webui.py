@@ -28,6 +28,7 @@ import hmac
 import html
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +39,8 @@ import gradio as gr  # noqa: E402
 
 from .api import MAX_UPLOAD_BYTES, ReportExists, ReportQA, safe_file_name  # noqa: E402
 from .errors import RagError  # noqa: E402
-from .present import answer_html, answer_text, escape, lookup_html, notice_html  # noqa: E402
+from .llm import LLMConfig  # noqa: E402
+from .present import answer_html, answer_text, escape, generated_html, lookup_html, notice_html  # noqa: E402
 from .results import AskResult  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -140,15 +142,19 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
     def status_markdown() -> str | None:
         return qa.index_status()
 
-    def ask_result(question: str, reports, top_k, asked: list[str] | None = None) -> AskResult:
+    llm_config = LLMConfig.from_env()
+
+    def ask_result(question: str, reports, top_k, asked: list[str] | None = None, generate: bool = False,
+                   on_text: Callable[[str], None] | None = None) -> AskResult:
         """The API's answer (``asked``: the chat's earlier questions), or an error result while the index
-        is unusable."""
+        is unusable. ``generate``: also the checked LLM answer (``on_text`` sees it stream)."""
         status = status_markdown()
         if status:
             return AskResult(query=question if isinstance(question, str) else "", error=status, answer=status,
                              abstained=True)
         try:
-            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports), history=asked)
+            return qa.ask(question, top_k=_top_k_arg(top_k), sources=_sources_arg(reports), history=asked,
+                          generate=generate and llm_config is not None, llm=llm_config, on_text=on_text)
         except RagError as exc:
             return AskResult(query=question if isinstance(question, str) else "", error=str(exc), answer=str(exc),
                              abstained=True)
@@ -173,14 +179,44 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         return (gr.update(value="", interactive=False), gr.update(interactive=False), history,
                 {**state, "pending": question})
 
-    def on_answer(history: list, state: dict, reports, top_k):
+    def render_generated(question: str, reports, top_k, asked: list[str], stream: list[str]) -> str:
+        """The checked generated answer (or the notice and the extractive answer) as HTML."""
+        try:
+            result = ask_result(question, reports, top_k, asked, generate=True, on_text=stream.append)
+            return generated_html(qa, result)
+        except Exception as exc:  # never let one question break the session
+            log.exception("answering %r failed", question)
+            return notice_html(f"内部错误，请重试 / internal error: {exc}")
+
+    def on_answer(history: list, state: dict, reports, top_k, generate: bool = False):
         unlock = (gr.update(interactive=True), gr.update(interactive=True))
         question = state.get("pending")
         if not question:
-            return gr.skip(), gr.skip(), *unlock
+            yield gr.skip(), gr.skip(), *unlock
+            return
         asked = state.get("asked", [])
-        history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k, asked)}]
-        return history, {"last_question": question, "pending": None, "asked": [*asked, question]}, *unlock
+        done = {"last_question": question, "pending": None, "asked": [*asked, question]}
+        if not (generate and llm_config is not None):
+            history = [*history, {"role": "assistant", "content": render_answer(question, reports, top_k, asked)}]
+            yield history, done, *unlock
+            return
+        # Stream the model's raw text while it is generated, then replace it with the checked version.
+        stream: list[str] = []
+        worker = threading.Thread(target=lambda: stream.append(
+            "\x00" + render_generated(question, reports, top_k, asked, stream)), daemon=True)
+        worker.start()
+        shown = None
+        while worker.is_alive() or (stream and not stream[-1].startswith("\x00")):
+            worker.join(timeout=0.3)
+            latest = stream[-1] if stream else ""
+            if latest.startswith("\x00"):
+                break
+            if latest and latest != shown:
+                shown = latest
+                pending_html = f"<div class=\"rag-note\">生成中（尚未核实）…</div><div>{escape(latest)}</div>"
+                yield [*history, {"role": "assistant", "content": pending_html}], gr.skip(), gr.skip(), gr.skip()
+        final = stream[-1][1:] if stream and stream[-1].startswith("\x00") else notice_html("内部错误，请重试")
+        yield [*history, {"role": "assistant", "content": final}], done, *unlock
 
     def on_example(event: gr.SelectData, history: list, state: dict, reports, top_k):
         value = event.value if isinstance(event.value, dict) else {"text": str(event.value)}
@@ -306,6 +342,10 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
                             info="不选则检索全部报告", elem_id="rag-reports")
                         top_k = gr.Slider(1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="检索段落数（top-k）",
                                           elem_id="rag-topk")
+                        generate_box = gr.Checkbox(False, label="生成式回答（大模型，逐句核实）",
+                                                   elem_id="rag-generate",
+                                                   visible=llm_config is not None,
+                                                   info="未通过核实的句子不会显示；失败时显示抽取式答案")
                         gr.Markdown("修改筛选条件后，下一个问题即按新条件检索；已有回答会按新条件重新回答最后一个问题。\n\n"
                                     "点开来源下的 **上下文** 可查看引文前后的原文；引用编号可在“引用查询”页查看。",
                                     elem_classes=["rag-note"])
@@ -331,7 +371,7 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         for trigger in (question.submit, send.click):
             trigger(on_submit, [question, chatbot, state], [question, send, chatbot, state], queue=False,
                     api_visibility="private").then(
-                on_answer, [chatbot, state, report_filter, top_k], [chatbot, state, question, send],
+                on_answer, [chatbot, state, report_filter, top_k, generate_box], [chatbot, state, question, send],
                 api_visibility="private")
         chatbot.example_select(on_example, [chatbot, state, report_filter, top_k], [chatbot, state],
                                api_visibility="private")

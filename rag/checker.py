@@ -1,0 +1,230 @@
+"""Check a generated answer sentence by sentence; citations are attached here, not taken on trust.
+
+For every sentence of the model's answer:
+
+1. every number (amounts, percentages, dates, counts; after width folding, thousands separators
+   dropped) must occur in a cited passage, and there be *tied to the question's subject*: one of the
+   subject's terms within ``SUBJECT_WINDOW`` characters of the number in the same sentence or table
+   row (a table row is read with its column names, so a GPT-3 cell does not pass for GPT-4);
+2. the sentence must be close to the passage in embedding space: its best cosine with a sentence or
+   row of the cited passage at least ``min_similarity`` (fitted on dev, ``rag/data/fitted.json``).
+
+A sentence's citations are the passages that pass both checks (the model's own ``[n]`` markers are
+only a preference: the small local model often omits or misplaces them). A sentence no passage
+supports is unverified; callers never show it as verified.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import fitted
+from .chunking import sentence_spans
+from .query import Query
+from .results import Hit
+from .tables import quote_row
+from .textnorm import fold
+
+SUBJECT_WINDOW = 40
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_MARKER = re.compile(r"\s*[\[【]\s*(\d{1,2})\s*[\]】]")
+_SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;]*")
+# List numbering ("1. ", "2、", "（3）") at a line start or after a colon: not a figure to verify.
+_ENUMERATOR = re.compile(r"(?:^|(?<=[：:\s]))(?:\d{1,2}[.、．)）](?!\d)|[(（]\d{1,2}[)）])\s*")
+# Question words and generic words that say nothing about whose number it is.
+_GENERIC = {"多少", "什么", "哪些", "哪个", "哪家", "哪年", "如何", "怎么", "怎样", "是否", "为什么", "报告", "根据",
+            "主要", "目前", "相关", "情况", "分别", "介绍", "一下", "请问", "以及", "可以"}
+_NAME_WITH_VERSION = re.compile(r"[A-Za-z\u4e00-\u9fff][A-Za-z]*[-\s]?\d+(?:\.\d+)*")
+_LATIN_VERSIONED = re.compile(r"(?<![a-z])([a-z]+)[-\s]?\d+(?:\.\d+)*")
+
+
+def numbers_of(text: str) -> list[str]:
+    """The numbers written in ``text`` (folded; "3,958" is 3958), in order, each once."""
+    folded = re.sub(r"(?<=\d),(?=\d{3})", "", fold(text))
+    return list(dict.fromkeys(_NUMBER.findall(folded)))
+
+
+def split_sentences(answer: str) -> list[tuple[str, list[int]]]:
+    """The answer's sentences without markers, each with the ``[n]`` markers the model put on it."""
+    sentences = []
+    for match in _SENTENCE.finditer(answer):
+        raw = match.group(0)
+        markers = [int(n) for n in _MARKER.findall(raw)]
+        text = _ENUMERATOR.sub("", _MARKER.sub("", raw)).strip()
+        if re.sub(r"[\W_]+", "", text):
+            sentences.append((text, markers))
+    return sentences
+
+
+def subject_terms(query: Query) -> list[str]:
+    """The terms that name what the question is about: its weightiest terms and any versioned name.
+
+    Terms within 60% of the heaviest IDF weight, without question words, plus names such as
+    ``gpt-4`` or ``源1.0`` (folded, spaces removed) that the tokenizer splits.
+    """
+    weights = {t: w for t, w in query.weights.items() if t not in _GENERIC and (len(t) >= 2 or t.isascii())}
+    terms: list[str] = []
+    if weights:
+        top = max(weights.values())
+        terms = [t for t, w in weights.items() if w >= 0.6 * top]
+    for name in _NAME_WITH_VERSION.findall(query.folded):
+        key = name.replace(" ", "")
+        if key not in terms:
+            terms.append(key)
+    return terms
+
+
+@dataclass
+class Unit:
+    """A sentence or a table row (read with its column names) of a passage, folded for matching."""
+
+    hit_index: int
+    text: str
+    folded: str
+
+
+def passage_units(hit: Hit, hit_index: int) -> list[Unit]:
+    """The sentences of a passage, or the rows of a table passage each quoted with its header."""
+    text = hit.chunk.text
+    if hit.chunk.kind == "table":
+        lines = [line for line in hit.chunk.table_header.split("\n") if line.strip()]
+        header = lines[-1] if lines else ""
+        context = {line.strip() for line in lines}
+        rows = [row for row in text.split("\n") if row.strip() and row.strip() not in context]
+        caption = " ".join(lines[:-1])
+        return [Unit(hit_index, quoted, fold(f"{caption} {quoted}").replace(" ", ""))
+                for quoted in (quote_row(header, row) for row in rows)]
+    return [Unit(hit_index, text[a:b], fold(text[a:b]).replace(" ", "")) for a, b in sentence_spans(text)]
+
+
+def _number_positions(number: str, folded: str) -> list[int]:
+    """Where ``number`` stands on its own in ``folded`` (not inside a longer number)."""
+    cleaned = re.sub(r"(?<=\d),(?=\d{3})", "", folded)
+    pattern = re.compile(rf"(?<![\d.]){re.escape(number)}(?!\d|\.\d)")
+    return [m.start() for m in pattern.finditer(cleaned)]
+
+
+def _versioned(text: str) -> list[tuple[int, str, str]]:
+    """(start, name, family) of every versioned Latin name in folded ``text``: ``gpt-3`` is family ``gpt``."""
+    return [(m.start(), re.sub(r"[-\s]", "", m.group(0)), m.group(1)) for m in _LATIN_VERSIONED.finditer(text)]
+
+
+def _other_version_owns(position: int, mentions: list[tuple[int, str, str]], subjects: Sequence[str]) -> bool:
+    """True when the versioned name nearest before ``position`` belongs to the subject's family but is
+    not the subject (a GPT-3 cell or clause given for GPT-4)."""
+    named = {re.sub(r"[-\s]", "", term) for term in subjects}
+    families = {family for _, name, family in _versioned(" ".join(subjects)) if name in named}
+    before = [(start, name) for start, name, family in mentions if family in families and start <= position]
+    return bool(before) and max(before)[1] not in named
+
+
+def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str]) -> tuple[bool, bool]:
+    """(occurs in one of ``units``, occurs there tied to the subject).
+
+    Tied: a subject term within ``SUBJECT_WINDOW`` characters, and, when the question names a versioned
+    name (``gpt-4``), the nearest name of that family before the number is that name, not a sibling.
+    """
+    occurs = False
+    for unit in units:
+        cleaned = re.sub(r"(?<=\d),(?=\d{3})", "", unit.folded)
+        mentions = _versioned(cleaned)
+        for position in _number_positions(number, unit.folded):
+            occurs = True
+            if not subjects:
+                return True, True
+            window = cleaned[max(0, position - SUBJECT_WINDOW):position + len(number) + SUBJECT_WINDOW]
+            if any(term in window for term in subjects) and not _other_version_owns(position, mentions, subjects):
+                return True, True
+    return occurs, False
+
+
+@dataclass
+class SentenceCheck:
+    """The verdict on one generated sentence: the passages (hit indexes) that support it, and why not."""
+
+    text: str
+    model_markers: list[int]
+    supporting: list[int] = field(default_factory=list)
+    verified: bool = False
+    similarity: float = 0.0
+    reason: str = ""
+    numbers: list[str] = field(default_factory=list)
+    unsupported_numbers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckerSettings:
+    """The embedding bar a sentence must reach against its passage (fitted on dev)."""
+
+    min_similarity: float = field(default_factory=lambda: fitted.values("generated")["min_similarity"])
+
+
+Encode = Callable[[list[str]], np.ndarray]
+
+
+def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
+                    settings: CheckerSettings | None = None) -> list[SentenceCheck]:
+    """Check every sentence of ``answer`` against ``hits`` (see the module docstring).
+
+    ``encode`` maps texts to L2-normalised vectors (the embedding model's document side).
+    """
+    settings = settings or CheckerSettings()
+    sentences = split_sentences(answer)
+    if not sentences:
+        return []
+    units = [unit for index, hit in enumerate(hits) for unit in passage_units(hit, index)]
+    subjects = subject_terms(query)
+    question_numbers = set(numbers_of(query.text))
+    vectors = encode([s for s, _ in sentences] + [u.text for u in units]) if units else None
+    checks = []
+    for position, (text, markers) in enumerate(sentences):
+        check = SentenceCheck(text=text, model_markers=markers)
+        check.numbers = [n for n in numbers_of(text) if n not in question_numbers]
+        if vectors is None:
+            check.reason = "no passages"
+            checks.append(check)
+            continue
+        sentence_vector = vectors[position]
+        unit_vectors = vectors[len(sentences):]
+        similarities = unit_vectors @ sentence_vector
+        best_by_hit: dict[int, float] = {}
+        for unit, similarity in zip(units, similarities, strict=True):
+            best_by_hit[unit.hit_index] = max(best_by_hit.get(unit.hit_index, -1.0), float(similarity))
+        supporting = []
+        missing: set[str] = set()
+        for index in sorted(best_by_hit, key=lambda i: (-(i + 1 in markers), -best_by_hit[i])):
+            hit_units = [u for u in units if u.hit_index == index]
+            unsupported = [n for n in check.numbers if not number_supported(n, hit_units, subjects)[1]]
+            if unsupported:
+                missing.update(unsupported)
+                continue
+            if best_by_hit[index] >= settings.min_similarity:
+                supporting.append(index)
+        check.similarity = max(best_by_hit.values(), default=0.0)
+        check.unsupported_numbers = [n for n in check.numbers
+                                     if not any(number_supported(n, [u for u in units if u.hit_index == i],
+                                                                 subjects)[1] for i in best_by_hit)]
+        if supporting:
+            check.supporting = supporting[:2]
+            check.verified = True
+        elif check.unsupported_numbers:
+            check.reason = "numbers not in the cited passages next to the subject: " + ", ".join(
+                check.unsupported_numbers)
+        elif missing:
+            check.reason = "no single passage holds all its numbers next to the subject"
+        else:
+            check.reason = f"not close enough to any passage (cosine {check.similarity:.2f})"
+        checks.append(check)
+    return checks
+
+
+def fabricated_numbers(answer: str, hits: list[Hit], query: Query) -> list[str]:
+    """Numbers in the raw answer that occur in none of the passages (nor in the question)."""
+    question_numbers = set(numbers_of(query.text))
+    units = [unit for index, hit in enumerate(hits) for unit in passage_units(hit, index)]
+    return [n for n in numbers_of(_MARKER.sub("", answer))
+            if n not in question_numbers and not number_supported(n, units, [])[0]]

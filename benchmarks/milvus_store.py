@@ -29,15 +29,12 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,44 +94,6 @@ def _report(source: str, count: int, units_per_passage: int, sentences: list[str
                               [0, *[c[1].end + 1 for c in chunks[:-1]]])
     owners = [position for position in range(count) for _ in range(units_per_passage)]
     return ReportRecords(document, chunks, _unit(rng, count), _unit(rng, len(owners)) if owners else None, owners)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def milvus_server(data: Path) -> Iterator[str]:
-    """``milvus-lite server`` on a free loopback port, stopped by PID on exit."""
-    port = _free_port()
-    data.mkdir(parents=True, exist_ok=True)
-    with open(data.parent / "server.log", "wb") as log:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir",
-                                    str(data), "--host", "127.0.0.1", "--port", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit("milvus-lite server exited; see " + str(data.parent / "server.log"))
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
-            yield f"milvus://127.0.0.1:{port}"
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
 
 
 def _size_mb(path: Path) -> float | None:
@@ -304,7 +263,9 @@ def main() -> None:
                                  log)
                 result["size_mb"] = _size_mb(folder / "store.db")
             elif name == "server":
-                with milvus_server(folder / "data") as location:
+                from rag.milvus_store import lite_server
+
+                with lite_server(folder / "data", folder / "server.log") as location:
                     result = measure(name, location, folder / "index", reports, extra, questions, log)
                 result["size_mb"] = _size_mb(folder / "data")
             else:

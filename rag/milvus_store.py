@@ -809,3 +809,44 @@ def _lexical_rows(report: ReportRecords, counts: list[Counter], terms: dict[str,
         rows.append({"id": passage_key(source, position), "source": source, "length": length,
                      "counts": json.dumps(by_id), "weights": bm25_weights(by_id, length, avgdl)})
     return rows
+
+
+@contextmanager
+def lite_server(data_dir: Path, log_path: Path, timeout: float = 120.0) -> Iterator[str]:
+    """``milvus-lite server`` on a free loopback port with its data in ``data_dir`` and its output in ``log_path``;
+    yields the server's ``milvus://`` location and stops it by process group on exit (tests, benchmarks, trying
+    the server path on one machine)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from .llm_server import free_port
+
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir",
+                                    str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    raise RagError(f"milvus-lite server 启动失败，见 {log_path} / exited at start")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RagError(f"milvus-lite server {timeout:.0f} 秒内未就绪，见 {log_path}") from None
+                    time.sleep(0.5)
+            yield f"milvus://127.0.0.1:{port}"
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()

@@ -10,13 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +23,8 @@ from conftest import SEED_FILES, copy_corpus
 from rag.api import ReportQA
 from rag.cli import main
 from rag.errors import RagError
-from rag.milvus_store import MilvusLocation, MilvusStore, MilvusWriter, bm25_idf
+from rag.llm_server import free_port
+from rag.milvus_store import MilvusLocation, MilvusStore, MilvusWriter, bm25_idf, lite_server
 from rag.records import lexical_text
 from rag.store import open_store, store_setting
 
@@ -37,43 +34,9 @@ QUESTIONS = ["GPT-3 的参数量是多少？", "通义大模型的合作伙伴",
              "文心一言", "多模态大模型的应用场景", "百度", "Transformer 架构"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def running_milvus_server(data: Path) -> Iterator[str]:
+def running_milvus_server(data: Path):
     """``milvus-lite server`` on a free loopback port, stopped by PID on exit; yields its ``milvus://`` location."""
-    port = _free_port()
-    command = [str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir", str(data),
-               "--host", "127.0.0.1", "--port", str(port)]
-    data.mkdir(parents=True, exist_ok=True)
-    log = open(data.parent / f"{data.name}-server.log", "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"milvus-lite server exited: {Path(log.name).read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        yield f"milvus://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.close()
+    return lite_server(data, data.parent / f"{data.name}-server.log")
 
 
 @pytest.fixture(scope="session")
@@ -326,7 +289,7 @@ def test_unreachable_server_and_lite_file_in_use_are_clear_errors(tiny_model: st
     """No server on the port, a Lite path that is a plain file, a Lite file another process has open."""
     corpus = copy_corpus(tmp_path / "corpus", SEED_FILES[4:])
     base = ["--corpus", str(corpus), "--index", str(tmp_path / "index"), "--model", tiny_model]
-    output = _cli_error([*base, "--store", f"milvus://127.0.0.1:{_free_port()}", "index"])
+    output = _cli_error([*base, "--store", f"milvus://127.0.0.1:{free_port()}", "index"])
     assert "无法连接 Milvus 服务器" in output and "服务器未运行" in output
 
     plain = tmp_path / "plain.db"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from .chunking import line_spans
 from .records import StoredChunk, StoredDocument
 from .textnorm import fold
 
@@ -97,14 +98,6 @@ class BoilerplateMap:
         return self.share(start, end) >= PASSAGE_SHARE
 
 
-def _line_spans(text: str) -> list[tuple[int, int]]:
-    spans, begin = [], 0
-    for line in text.split("\n"):
-        spans.append((begin, begin + len(line)))
-        begin += len(line) + 1
-    return spans
-
-
 def _line_key(line: str) -> str:
     return re.sub(r"\s+", "", fold(line))
 
@@ -112,7 +105,7 @@ def _line_key(line: str) -> str:
 @lru_cache(maxsize=256)
 def boilerplate_map(text: str) -> BoilerplateMap:
     """Find the boilerplate lines of one report's (canonical) text."""
-    spans = _line_spans(text)
+    spans = line_spans(text)
     lines = [text[a:b] for a, b in spans]
     keys = [_line_key(line) for line in lines]
     # Table header rows repeat when a table spans pages; they label data and are not furniture.

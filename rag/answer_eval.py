@@ -22,19 +22,17 @@ For the generated answer only (``shown``: the checked generated answer reached t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .api import ReportQA
-from .evaluate import Question, numbers_in, percentile
+from .evaluate import MARKER, Question, numbers_in, percentile
 from .generate import MODEL_REFUSED, NOTHING_VERIFIED
 from .llm import LLMConfig
 from .results import AskResult, GeneratedAnswer, Hit
 
 KINDS = ("extractive", "generated")
-_MARKERS = re.compile(r"\[\d+\]")
 
 
 @dataclass
@@ -53,7 +51,7 @@ class Tally:
             self.refused_unanswerable.append(float(text is None))
             return
         self.refused_answerable.append(float(text is None))
-        shown = numbers_in(_MARKERS.sub("", text or ""))
+        shown = numbers_in(MARKER.sub("", text or ""))
         wanted = numbers_in(question.answer)
         if wanted:
             self.states.append(len(wanted & shown) / len(wanted))

@@ -158,9 +158,7 @@ def share_beyond_issuer(query: Query, folded: str, document: StoredDocument) -> 
     forms = _issuer_forms(document)
     for form in forms:
         folded = folded.replace(form, "")
-    weights = {term: weight for term, weight in query.weights.items() if not any(term in form for form in forms)}
-    total = sum(weights.values())
-    return sum(weight for term, weight in weights.items() if term in folded) / total if total else 0.0
+    return query.weighted_share(folded, leave_out=forms)
 
 
 def asks_about_boilerplate(question: str) -> bool:

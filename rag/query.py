@@ -49,10 +49,13 @@ class Query:
         total = sum(len(t) for t in self.terms)
         return sum(len(t) for t in self.terms if t.replace(" ", "") in folded_text) / total
 
-    def weighted_share(self, folded_text: str) -> float:
-        """Share of the terms' total IDF weight found in folded, space-free text; 0 without terms."""
-        total = sum(self.weights.values())
-        return sum(w for term, w in self.weights.items() if term in folded_text) / total if total else 0.0
+    def weighted_share(self, folded_text: str, leave_out: Iterable[str] = ()) -> float:
+        """Share of the terms' total IDF weight found in folded, space-free text; 0 without terms. Terms
+        that are part of a ``leave_out`` string (a name every passage carries, say) count on neither side."""
+        left_out = tuple(leave_out)
+        weights = {term: w for term, w in self.weights.items() if not any(term in name for name in left_out)}
+        total = sum(weights.values())
+        return sum(w for term, w in weights.items() if term in folded_text) / total if total else 0.0
 
     def names(self, label: str) -> bool:
         """True when the question writes ``label`` (a table column name, say) in full, spaces and case aside."""

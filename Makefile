@@ -14,11 +14,15 @@ export GRADIO_ANALYTICS_ENABLED := False
 
 .PHONY: setup model browser index run serve ask test test-fast eval bench lint llm llm-serve
 
-# llama-cpp-python builds from source: a portable AVX2/AVX-512 build with AMX off. The default
-# native build enables AMX on this CPU and segfaults in decode; GGML_NATIVE=OFF with explicit ISA
-# flags is the clean fix (pip's wheel cache makes later installs fast).
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+# llama-cpp-python builds from source, portable (GGML_NATIVE=OFF) with the instruction sets this CPU has
+# and AMX off. The default native build enables AMX on CPUs that have it and segfaults in decode; a fixed
+# AVX-512 list dies with SIGILL on CPUs without AVX-512 (AMD EPYC with AVX2 only), so the list is read
+# from /proc/cpuinfo (pip's wheel cache makes later installs fast).
+cpu_has = $(shell grep -qw '$(1)' /proc/cpuinfo 2>/dev/null && echo ON || echo OFF)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=$(call cpu_has,avx) -DGGML_AVX2=$(call cpu_has,avx2) \
+	-DGGML_FMA=$(call cpu_has,fma) -DGGML_F16C=$(call cpu_has,f16c) \
+	-DGGML_AVX512=$(call cpu_has,avx512bw) -DGGML_AVX512_VNNI=$(call cpu_has,avx512_vnni) \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
 $(VENV)/.installed: pyproject.toml

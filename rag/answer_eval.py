@@ -22,8 +22,10 @@ For the generated answer only (``shown``: the checked generated answer reached t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .api import ReportQA
@@ -86,65 +88,104 @@ def uncited_numbers(generated: GeneratedAnswer) -> list[str]:
     return missing
 
 
-def evaluate_answers(qa: ReportQA, questions: list[Question], llm: LLMConfig,
-                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Both answers for every question; the numbers per answer kind and the per-question records."""
+def answer_record(question: Question, result: AskResult) -> dict[str, Any]:
+    """Everything the metrics need from one asked question, as plain JSON (one line of the records file)."""
+    generated = result.generated or GeneratedAnswer(shown=False, notice="no generated answer")
+    if generated.shown:
+        outcome = "shown"
+    elif generated.notice == MODEL_REFUSED:
+        outcome = "model_refusals"
+    elif generated.notice == NOTHING_VERIFIED:
+        outcome = "nothing_verified"
+    else:
+        outcome = "llm_failures"
+    shown_numbers = numbers_in(generated.text)
+    return {"id": question.id, "type": question.type, "question": question.question, "reference": question.answer,
+            "extractive": None if result.abstained else result.answer, "abstained": result.abstained,
+            "generated_text": generated.text if generated.shown else None, "outcome": outcome,
+            "shown_sentences": len(generated.displayed) if generated.shown else 0,
+            "verified_sentences": sum(1 for s in generated.displayed if s.verified and s.markers)
+            if generated.shown else 0,
+            "not_in_cited": uncited_numbers(generated) if generated.shown else [],
+            "fabricated": list(generated.fabricated_numbers),
+            "fabricated_caught": [n for n in generated.fabricated_numbers if n not in shown_numbers],
+            "first_token_seconds": generated.first_token_seconds,
+            "total_seconds": generated.total_seconds if generated.raw else None,
+            "generated": generated.to_json()}
+
+
+def summarise(questions: list[Question], records: dict[str, dict[str, Any]], model: str) -> dict[str, Any]:
+    """The numbers per answer kind over ``questions`` from their records (keyed by question id)."""
     tallies = {kind: Tally() for kind in KINDS}
-    shown_sentences = verified_sentences = 0
-    not_in_cited: list[str] = []
-    fabricated = caught = 0
-    reasons = {"shown": 0, "model_refusals": 0, "nothing_verified": 0, "llm_failures": 0}
-    first_tokens: list[float] = []
-    totals: list[float] = []
-    records = []
-    qa.search("预热 warm-up", top_k=1)  # load the model and the index outside the timing
-    for number, question in enumerate(questions, start=1):
-        result: AskResult = qa.ask(question.question, generate=True, llm=llm)
-        generated = result.generated or GeneratedAnswer(shown=False, notice="no generated answer")
-        tallies["extractive"].add(question, None if result.abstained else result.answer)
-        tallies["generated"].add(question, generated.text if generated.shown else None)
-        if generated.shown:
-            reasons["shown"] += 1
-            shown_sentences += len(generated.displayed)
-            verified_sentences += sum(1 for s in generated.displayed if s.verified and s.markers)
-            not_in_cited += uncited_numbers(generated)
-        elif generated.notice == MODEL_REFUSED:
-            reasons["model_refusals"] += 1
-        elif generated.notice == NOTHING_VERIFIED:
-            reasons["nothing_verified"] += 1
-        else:
-            reasons["llm_failures"] += 1
-        shown_numbers = numbers_in(generated.text)
-        fabricated += len(generated.fabricated_numbers)
-        caught += sum(1 for n in generated.fabricated_numbers if n not in shown_numbers)
-        if generated.first_token_seconds is not None:
-            first_tokens.append(generated.first_token_seconds)
-        if generated.total_seconds is not None and generated.raw:
-            totals.append(generated.total_seconds)
-        records.append({"id": question.id, "type": question.type, "question": question.question,
-                        "reference": question.answer, "extractive": result.answer, "abstained": result.abstained,
-                        "generated": generated.to_json()})
-        if progress:
-            state = "shown" if generated.shown else (generated.notice or "")
-            progress(f"[{number}/{len(questions)}] {question.id} {state} "
-                     f"{generated.total_seconds or 0:.1f}s {generated.text[:60]!r}")
-    count = len(questions)
+    asked = [q for q in questions if q.id in records]
+    rows = [records[q.id] for q in asked]
+    for question, row in zip(asked, rows, strict=True):
+        tallies["extractive"].add(question, row["extractive"])
+        tallies["generated"].add(question, row["generated_text"])
+    count = len(rows)
+    shown_sentences = sum(r["shown_sentences"] for r in rows)
+    fabricated = sum(len(r["fabricated"]) for r in rows)
+    first_tokens = [r["first_token_seconds"] for r in rows if r["first_token_seconds"] is not None]
+    totals = [r["total_seconds"] for r in rows if r["total_seconds"] is not None]
+    outcomes = {key: sum(r["outcome"] == key for r in rows) / count if count else 0.0
+                for key in ("shown", "model_refusals", "nothing_verified", "llm_failures")}
     generated_metrics = {
         **tallies["generated"].metrics(),
-        "shown": reasons["shown"] / count if count else 0.0,
+        "shown": outcomes.pop("shown"),
         "shown_sentences": float(shown_sentences),
-        "shown_sentences_verified": verified_sentences / shown_sentences if shown_sentences else 1.0,
-        "shown_numbers_not_in_cited": float(len(not_in_cited)),
+        "shown_sentences_verified": sum(r["verified_sentences"] for r in rows) / shown_sentences
+        if shown_sentences else 1.0,
+        "shown_numbers_not_in_cited": float(sum(len(r["not_in_cited"]) for r in rows)),
         "fabricated_numbers": float(fabricated),
-        "fabricated_caught": caught / fabricated if fabricated else 1.0,
-        **{key: value / count if count else 0.0 for key, value in reasons.items() if key != "shown"},
+        "fabricated_caught": sum(len(r["fabricated_caught"]) for r in rows) / fabricated if fabricated else 1.0,
+        **outcomes,
         "first_token_p50": percentile(first_tokens, 0.5), "first_token_p95": percentile(first_tokens, 0.95),
         "full_p50": percentile(totals, 0.5), "full_p95": percentile(totals, 0.95),
     }
     return {"extractive": tallies["extractive"].metrics(), "generated": generated_metrics,
-            "questions": {"n": count, "answerable": sum(q.answerable for q in questions),
-                          "unanswerable": sum(not q.answerable for q in questions)},
-            "model": llm.model, "records": records}
+            "questions": {"n": count, "answerable": sum(q.answerable for q in asked),
+                          "unanswerable": sum(not q.answerable for q in asked)},
+            "model": model, "records": rows}
+
+
+def load_records(path: Path, questions: list[Question], model: str) -> dict[str, dict[str, Any]]:
+    """The records of an earlier run in ``path`` for these questions (same wording) and this model."""
+    if not path.exists():
+        return {}
+    wording = {q.id: q.question for q in questions}
+    kept: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a run killed mid-write
+            continue
+        if record.get("model") == model and wording.get(record.get("id")) == record.get("question"):
+            kept[record["id"]] = record
+    return kept
+
+
+def evaluate_answers(qa: ReportQA, questions: list[Question], llm: LLMConfig,
+                     progress: Callable[[str], None] | None = None,
+                     done: dict[str, dict[str, Any]] | None = None,
+                     on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Both answers for every question; the numbers per answer kind and the per-question records.
+
+    ``done``: records of questions already asked (a resumed run), which are not asked again;
+    ``on_record`` receives each new record as soon as it exists, so an interrupted run loses nothing.
+    """
+    records = dict(done or {})
+    todo = [q for q in questions if q.id not in records]
+    if todo:
+        qa.search("预热 warm-up", top_k=1)  # load the model and the index outside the timing
+    for number, question in enumerate(todo, start=1):
+        record = answer_record(question, qa.ask(question.question, generate=True, llm=llm))
+        records[question.id] = record
+        if on_record:
+            on_record(record)
+        if progress:
+            progress(f"[{number}/{len(todo)}] {question.id} {record['outcome']} "
+                     f"{record['total_seconds'] or 0:.1f}s {(record['generated_text'] or '')[:60]!r}")
+    return summarise(questions, records, llm.model)
 
 
 ROWS = [

@@ -5,7 +5,12 @@ For every sentence of the model's answer:
 1. every number (amounts, percentages, dates, counts; after width folding, thousands separators
    dropped) must occur in a cited passage, and there be *tied to the question's subject*: one of the
    subject's terms within ``SUBJECT_WINDOW`` characters of the number in the same sentence or table
-   row (a table row is read with its column names, so a GPT-3 cell does not pass for GPT-4);
+   row (a table row is read with its column names, so a GPT-3 cell does not pass for GPT-4), and no
+   *rival* claims it: a number of the same measure (万亿美元, %, 亿) in another clause of that sentence
+   that stands next to a question term the checked sentence uses and the number's own clause lacks
+   (麦肯锡's "人工智能整体将为全球经济带来高达25.6万亿美元……，而其中来自GenAI的贡献高达7.9万亿美元":
+   "生成式AI贡献25.6万亿美元" fails, 贡献 belongs to 7.9; where both clauses hold such terms, neither
+   number passes alone: the checker cannot tell GenAI is 生成式AI, and an unverified number is never shown);
 2. the sentence must be close to the passage in embedding space: its best cosine with a sentence or
    row of the cited passage at least ``min_similarity`` (fitted on dev, ``rag/data/fitted.json``).
 
@@ -17,8 +22,9 @@ supports is unverified; callers never show it as verified.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -40,6 +46,23 @@ _GENERIC = {"多少", "什么", "哪些", "哪个", "哪家", "哪年", "如何"
             "主要", "目前", "相关", "情况", "分别", "介绍", "一下", "请问", "以及", "可以"}
 _NAME_WITH_VERSION = re.compile(r"[A-Za-z\u4e00-\u9fff][A-Za-z]*[-\s]?\d+(?:\.\d+)*")
 _LATIN_VERSIONED = re.compile(r"(?<![a-z])([a-z]+)[-\s]?\d+(?:\.\d+)*")
+# A Latin-letter name with digits: its digits name a thing, they are not a figure to tie to the subject.
+_NAME_TOKEN = re.compile(r"(?<![a-z0-9.])[a-z]{1,12}[-\s]?\d+(?:\.\d+)*[a-z]*(?![\d.%])")
+_CLAUSE_BREAK = re.compile(r"[，,；;。！？!?：:、()（）\t]")
+# What a number counts: "%" or the one or two characters after it ("万亿" of 万亿美元, "亿", "年").
+_MEASURE = re.compile(r"\s*([%‰]|[^\W\d_]{1,2})")
+
+
+def names_of(text: str) -> list[str]:
+    """Model and product names written with digits ("M6", "A100", "GPT-4"), folded, without hyphens or spaces."""
+    return list(dict.fromkeys(re.sub(r"[-\s]", "", m.group(0)) for m in _NAME_TOKEN.finditer(fold(text))))
+
+
+def figures_of(text: str) -> list[str]:
+    """The numbers of ``text`` that are figures: not only the digits of a name such as "M6" or "A100"."""
+    folded = re.sub(r"(?<=\d),(?=\d{3})", "", fold(text))
+    outside_names = _NAME_TOKEN.sub(" ", folded)
+    return [n for n in numbers_of(text) if re.search(rf"(?<![\d.]){re.escape(n)}(?!\d|\.\d)", outside_names)]
 
 
 def numbers_of(text: str) -> list[str]:
@@ -122,11 +145,49 @@ def _other_version_owns(position: int, mentions: list[tuple[int, str, str]], sub
     return bool(before) and max(before)[1] not in named
 
 
-def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str]) -> tuple[bool, bool]:
+def _clause(text: str, position: int) -> tuple[int, int]:
+    """The clause of ``text`` around ``position``: between the nearest clause breaks (，；。、 …)."""
+    start = max((m.end() for m in _CLAUSE_BREAK.finditer(text, 0, position)), default=0)
+    following = _CLAUSE_BREAK.search(text, position)
+    return start, following.start() if following else len(text)
+
+
+def _measure(text: str, end: int) -> str:
+    """What the number ending at ``end`` counts ("万亿", "%", "年"), or "" for a bare number."""
+    match = _MEASURE.match(text, end)
+    return match.group(1) if match else ""
+
+
+def _rival_claims(number: str, position: int, text: str, claimed: Collection[str], stated: Collection[str]) -> bool:
+    """True when another number of the same measure, in another clause of ``text`` and not itself stated by
+    the checked sentence, stands next to a term the sentence attaches to its numbers (``claimed``) that the
+    clause of ``number`` lacks: the passage then says that term of the rival, not of ``number``."""
+    measure = _measure(text, position + len(number))
+    if not measure or not claimed:
+        return False
+    own_clause = _clause(text, position)
+    own_text = text[own_clause[0]:own_clause[1]]
+    missing = [term for term in claimed if term not in own_text]
+    if not missing:
+        return False
+    for match in _NUMBER.finditer(text):
+        if match.group(0) in stated or match.group(0) == number or _measure(text, match.end()) != measure:
+            continue
+        rival_clause = _clause(text, match.start())
+        if rival_clause != own_clause and any(term in text[rival_clause[0]:rival_clause[1]] for term in missing):
+            return True
+    return False
+
+
+def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str],
+                     claimed: Collection[str] = (), stated: Collection[str] = ()) -> tuple[bool, bool]:
     """(occurs in one of ``units``, occurs there tied to the subject).
 
-    Tied: a subject term within ``SUBJECT_WINDOW`` characters, and, when the question names a versioned
-    name (``gpt-4``), the nearest name of that family before the number is that name, not a sibling.
+    Tied: a subject term within ``SUBJECT_WINDOW`` characters; when the question names a versioned name
+    (``gpt-4``), the nearest name of that family before the number is that name, not a sibling; and no
+    rival number of the same measure in another clause stands next to one of the ``claimed`` terms (the
+    question's terms the checked sentence uses) that the number's own clause lacks (``stated``: the
+    other numbers of the checked sentence, which are no rivals).
     """
     occurs = False
     for unit in units:
@@ -137,9 +198,19 @@ def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str]
             if not subjects:
                 return True, True
             window = cleaned[max(0, position - SUBJECT_WINDOW):position + len(number) + SUBJECT_WINDOW]
-            if any(term in window for term in subjects) and not _other_version_owns(position, mentions, subjects):
+            if (any(term in window for term in subjects) and not _other_version_owns(position, mentions, subjects)
+                    and not _rival_claims(number, position, cleaned, claimed, stated)):
                 return True, True
     return occurs, False
+
+
+def _names_it(name: str, units: Sequence[Unit]) -> bool:
+    return any(name in unit.folded.replace("-", "") for unit in units)
+
+
+def _tied(number: str, hit_units: list[Unit], subjects: Sequence[str], claimed: Collection[str],
+          stated: Collection[str]) -> bool:
+    return number_supported(number, hit_units, subjects, claimed, stated)[1]
 
 
 @dataclass
@@ -183,7 +254,11 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
     checks = []
     for position, (text, markers) in enumerate(sentences):
         check = SentenceCheck(text=text, model_markers=markers)
-        check.numbers = [n for n in numbers_of(text) if n not in question_numbers]
+        check.numbers = [n for n in figures_of(text) if n not in question_numbers]
+        names = names_of(text)
+        folded_sentence = fold(text).replace(" ", "")
+        claimed = [term.replace(" ", "") for term in query.weights if term.replace(" ", "") in folded_sentence]
+        supported = partial(_tied, subjects=subjects, claimed=claimed, stated=frozenset(check.numbers))
         if vectors is None:
             check.reason = "no passages"
             checks.append(check)
@@ -198,7 +273,8 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
         missing: set[str] = set()
         for index in sorted(best_by_hit, key=lambda i: (-(i + 1 in markers), -best_by_hit[i])):
             hit_units = [u for u in units if u.hit_index == index]
-            unsupported = [n for n in check.numbers if not number_supported(n, hit_units, subjects)[1]]
+            unsupported = [n for n in check.numbers if not supported(n, hit_units)]
+            unsupported += [name for name in names if not _names_it(name, hit_units)]
             if unsupported:
                 missing.update(unsupported)
                 continue
@@ -206,8 +282,8 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
                 supporting.append(index)
         check.similarity = max(best_by_hit.values(), default=0.0)
         check.unsupported_numbers = [n for n in check.numbers
-                                     if not any(number_supported(n, [u for u in units if u.hit_index == i],
-                                                                 subjects)[1] for i in best_by_hit)]
+                                     if not any(supported(n, [u for u in units if u.hit_index == i])
+                                                for i in best_by_hit)]
         if supporting:
             check.supporting = supporting[:2]
             check.verified = True

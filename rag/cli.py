@@ -302,7 +302,8 @@ def _print_generated(result) -> None:
               help="Also ask an OpenAI-compatible LLM and show its answer, checked sentence by sentence.")
 @click.option("--llm-url", default=None, help="OpenAI-compatible base URL (default: $RAG_LLM_BASE_URL).")
 @click.option("--llm-model", default=None, help="Model name at that endpoint (default: $RAG_LLM_MODEL or 'local').")
-@click.option("--llm-timeout", type=float, default=None, help="Seconds to wait for the LLM (default: 60).")
+@click.option("--llm-timeout", type=float, default=None,
+              help="Seconds to wait for text from the LLM (default: 60; the whole answer: $RAG_LLM_MAX_SECONDS, 300).")
 @HISTORY_OPTION
 @click.pass_context
 @handle_errors
@@ -374,30 +375,34 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
               help="Which questions to run [default: test, or all when the file labels no splits].")
 @click.option("--configs", default="bm25,dense,recipe,default", show_default=True,
               help="Comma-separated configurations to compare.")
-@click.option("--limit", type=int, default=None, help="Only the first N questions (smoke runs).")
+@click.option("--limit", type=int, default=None,
+              help="Only N questions, spread evenly over the split so every kind is represented (smoke runs).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval/results"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
 @click.option("--conversations", "conversations_file", type=click.Path(path_type=Path), default=None,
               help="Evaluate follow-up questions instead: a conversation file (eval/conversations.jsonl).")
 @click.option("--answers", default=None, help="Compare answers instead: extractive,generated (needs an LLM).")
 @click.option("--llm-url", default=None, help="OpenAI-compatible base URL for --answers (default: $RAG_LLM_BASE_URL).")
+@click.option("--resume", is_flag=True,
+              help="With --answers: keep the answers recorded earlier for these questions and model, ask the rest.")
 @click.pass_context
 @handle_errors
 def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, conversations_file, answers,
-                 llm_url) -> None:
+                 llm_url, resume) -> None:
     """Benchmark retrieval on a question set: bm25, dense, the default pipeline and a typical recipe."""
     import datetime
 
     from . import evaluate
 
     if answers is not None:
-        _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, llm_url)
+        _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, llm_url, resume)
         return
     if conversations_file is not None:
         split = split or "test"
         qa = _qa(ctx)
         qa.build(log=lambda m: click.echo(m, err=True))
-        numbers = evaluate.evaluate_conversations(qa, evaluate.load_conversations(conversations_file, split)[:limit])
+        conversations = evaluate.spread(evaluate.load_conversations(conversations_file, split), limit)
+        numbers = evaluate.evaluate_conversations(qa, conversations)
         report = evaluate.conversations_report(numbers, split, str(conversations_file))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{datetime.date.today().isoformat()}-conversations-{split}.md").write_text(report, encoding="utf-8")
@@ -407,7 +412,7 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, c
     every_question = evaluate.load_questions(questions_file)
     if split is None:  # a user's own question file need not label splits: then it is run whole
         split = "test" if any(q.split for q in every_question) else "all"
-    questions = evaluate.select_split(every_question, split, questions_file)[:limit]
+    questions = evaluate.spread(evaluate.select_split(every_question, split, questions_file), limit)
     options = ctx.obj
     from .api import default_corpus_dir, default_index_dir
 
@@ -433,8 +438,12 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, c
         click.echo(f"written: {out_dir / (stem + '.md')}, {chart}", err=True)
 
 
-def _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, llm_url) -> None:
-    """``rag eval --answers extractive,generated``: both answers on the same questions (rag.answer_eval)."""
+def _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, llm_url, resume) -> None:
+    """``rag eval --answers extractive,generated``: both answers on the same questions (rag.answer_eval).
+
+    Every answer is appended to ``answers-<split>.records.jsonl`` as soon as it exists, so an interrupted run
+    (a local model takes seconds to minutes per answer) loses nothing and ``--resume`` continues it.
+    """
     import datetime
 
     from . import answer_eval, evaluate
@@ -447,13 +456,24 @@ def _eval_answers(ctx, questions_file, split, limit, out_dir, as_json, answers, 
         raise RagError("未配置大模型：请用 --llm-url 或 RAG_LLM_BASE_URL 指定 OpenAI 兼容接口（本地可运行 `rag llm`）/ "
                        "no LLM configured: pass --llm-url or set RAG_LLM_BASE_URL")
     split = split or "test"
-    questions = evaluate.load_questions(questions_file, split)[:limit]
-    qa = _qa(ctx)
-    qa.build(log=lambda m: click.echo(m, err=True))
-    numbers = answer_eval.evaluate_answers(qa, questions, llm, progress=lambda m: click.echo(m, err=True))
+    questions = evaluate.spread(evaluate.load_questions(questions_file, split), limit)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records_file = out_dir / f"answers-{split}.records.jsonl"
+    done = answer_eval.load_records(records_file, questions, llm.model) if resume else {}
+    if resume:
+        click.echo(f"继续上次的评测：已有 {len(done)} 题 / resuming: {len(done)} answers kept from {records_file}",
+                   err=True)
+    with records_file.open("a" if resume else "w", encoding="utf-8") as sink:
+        def keep(record: dict) -> None:
+            sink.write(json.dumps({**record, "model": llm.model}, ensure_ascii=False) + "\n")
+            sink.flush()
+
+        qa = _qa(ctx)
+        qa.build(log=lambda m: click.echo(m, err=True))
+        numbers = answer_eval.evaluate_answers(qa, questions, llm, progress=lambda m: click.echo(m, err=True),
+                                               done=done, on_record=keep)
     report = answer_eval.answers_report(numbers, split, str(questions_file))
     stem = f"{datetime.date.today().isoformat()}-answers-{split}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.md").write_text(report, encoding="utf-8")
     (out_dir / f"{stem}.json").write_text(json.dumps(numbers, ensure_ascii=False, indent=1), encoding="utf-8")
     if as_json:

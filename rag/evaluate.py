@@ -122,6 +122,19 @@ def select_split(questions: list[Question], split: str | None, path: Path) -> li
     return chosen
 
 
+def spread(items: list[T], limit: int | None) -> list[T]:
+    """``limit`` of ``items`` at even steps (all of them when ``limit`` is None or not smaller).
+
+    A question file lists questions report by report with the unanswerable ones last, so the first N
+    would test one report and no refusal; even steps keep every report and kind represented.
+    """
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit <= 0:
+        return []
+    return [items[(i * len(items)) // limit] for i in range(limit)]
+
+
 def is_relevant(hit_text: str, source: str, question: Question) -> bool:
     """Whitespace-free containment of an evidence string, in one of the listed reports."""
     if question.docs and source not in question.docs:

@@ -1,7 +1,10 @@
 """One client for every LLM: the OpenAI-compatible chat API, through the ``openai`` library.
 
 Configured by ``RAG_LLM_BASE_URL`` (or ``--llm-url``), ``RAG_LLM_MODEL``, ``RAG_LLM_API_KEY``,
-``RAG_LLM_TIMEOUT`` (seconds) and ``RAG_LLM_MAX_TOKENS`` (answer length cap, default 384). Works
+``RAG_LLM_TIMEOUT`` (seconds without any new text: before the first token and between tokens, default
+60), ``RAG_LLM_MAX_SECONDS`` (the whole answer, default 300: a small local model on a busy CPU writes a
+few tokens a second, and the chat shows the text while it grows, so a long answer is no hang) and
+``RAG_LLM_MAX_TOKENS`` (answer length cap, default 384). Works
 with DeepSeek, Qwen through an API, Ollama, vLLM and the local llama-cpp-python server started by
 ``rag llm``. Every failure (endpoint down, timeout, refusal by the endpoint, empty output) becomes an
 ``LLMError`` so the caller can fall back to the extractive answer with a one-line notice.
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     )
 
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_SECONDS = 300.0
 DEFAULT_MAX_TOKENS = 384
 PASSAGE_CHARS = 700
 NOT_IN_REPORTS = "报告中未找到相关内容"
@@ -54,6 +58,7 @@ class LLMConfig:
     api_key: str = "not-needed"
     timeout: float = DEFAULT_TIMEOUT
     max_tokens: int = DEFAULT_MAX_TOKENS
+    max_seconds: float = DEFAULT_MAX_SECONDS
 
     @classmethod
     def from_env(cls, base_url: str | None = None, model: str | None = None,
@@ -63,16 +68,25 @@ class LLMConfig:
         if not url:
             return None
         if timeout is None:
-            try:
-                timeout = float(os.environ.get("RAG_LLM_TIMEOUT") or DEFAULT_TIMEOUT)
-            except ValueError:
-                raise RagError("RAG_LLM_TIMEOUT 应为秒数 / RAG_LLM_TIMEOUT must be a number of seconds") from None
+            timeout = _seconds("RAG_LLM_TIMEOUT", DEFAULT_TIMEOUT)
+        max_seconds = max(_seconds("RAG_LLM_MAX_SECONDS", DEFAULT_MAX_SECONDS), timeout)
         try:
             max_tokens = int(os.environ.get("RAG_LLM_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
         except ValueError:
             raise RagError("RAG_LLM_MAX_TOKENS 应为整数 / RAG_LLM_MAX_TOKENS must be an integer") from None
         return cls(base_url=url.rstrip("/"), model=model or os.environ.get("RAG_LLM_MODEL") or "local",
-                   api_key=os.environ.get("RAG_LLM_API_KEY") or "not-needed", timeout=timeout, max_tokens=max_tokens)
+                   api_key=os.environ.get("RAG_LLM_API_KEY") or "not-needed", timeout=timeout, max_tokens=max_tokens,
+                   max_seconds=max_seconds)
+
+
+def _seconds(variable: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(variable) or default)
+    except ValueError:
+        raise RagError(f"{variable} 应为秒数 / {variable} must be a number of seconds") from None
+    if value <= 0:
+        raise RagError(f"{variable} 应为正数 / {variable} must be positive")
+    return value
 
 
 def build_messages(question: str, hits: list[Hit]) -> list[ChatCompletionMessageParam]:
@@ -114,7 +128,8 @@ class LLMClient:
         import openai
 
         started = time.monotonic()
-        deadline = started + self.config.timeout
+        # The client's timeout bounds each wait for text; the deadline bounds the whole answer.
+        deadline = started + self.config.max_seconds
         received = False
         try:
             response = self._client.chat.completions.create(

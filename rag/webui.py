@@ -28,8 +28,10 @@ import hmac
 import html
 import logging
 import os
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -137,6 +139,31 @@ def _top_k_arg(top_k) -> int:
         return DEFAULT_TOP_K
 
 
+def generated_events(render: Callable[[Callable[[str], None]], str]) -> Iterator[tuple[str, str]]:
+    """Run ``render(on_text)`` in a worker thread and yield what the chat shows while it runs:
+    ``("text", draft so far)`` as the model writes (only the newest when the chat lags behind), then
+    one ``("done", html)`` with the checked answer, also when ``render`` fails."""
+    events: queue.Queue[tuple[str, str]] = queue.Queue()
+
+    def work() -> None:
+        html = notice_html("内部错误，请重试")
+        try:
+            html = render(lambda text: events.put(("text", text)))
+        except Exception:  # never let one question break the session
+            log.exception("generated answer failed")
+        finally:
+            events.put(("done", html))
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        kind, content = events.get()
+        while kind == "text" and not events.empty():
+            kind, content = events.get()
+        yield kind, content
+        if kind == "done":
+            return
+
+
 def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
     """The Gradio app for ``qa`` (queue configured; launch it with ``launch`` or ``Blocks.launch``)."""
     def status_markdown() -> str | None:
@@ -179,10 +206,10 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
         return (gr.update(value="", interactive=False), gr.update(interactive=False), history,
                 {**state, "pending": question})
 
-    def render_generated(question: str, reports, top_k, asked: list[str], stream: list[str]) -> str:
+    def render_generated(question: str, reports, top_k, asked: list[str], on_text: Callable[[str], None]) -> str:
         """The checked generated answer (or the notice and the extractive answer) as HTML."""
         try:
-            result = ask_result(question, reports, top_k, asked, generate=True, on_text=stream.append)
+            result = ask_result(question, reports, top_k, asked, generate=True, on_text=on_text)
             return generated_html(qa, result)
         except Exception as exc:  # never let one question break the session
             log.exception("answering %r failed", question)
@@ -201,22 +228,13 @@ def build_app(qa: ReportQA, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks
             yield history, done, *unlock
             return
         # Stream the model's raw text while it is generated, then replace it with the checked version.
-        stream: list[str] = []
-        worker = threading.Thread(target=lambda: stream.append(
-            "\x00" + render_generated(question, reports, top_k, asked, stream)), daemon=True)
-        worker.start()
-        shown = None
-        while worker.is_alive() or (stream and not stream[-1].startswith("\x00")):
-            worker.join(timeout=0.3)
-            latest = stream[-1] if stream else ""
-            if latest.startswith("\x00"):
-                break
-            if latest and latest != shown:
-                shown = latest
-                pending_html = f"<div class=\"rag-note\">生成中（尚未核实）…</div><div>{escape(latest)}</div>"
-                yield [*history, {"role": "assistant", "content": pending_html}], gr.skip(), gr.skip(), gr.skip()
-        final = stream[-1][1:] if stream and stream[-1].startswith("\x00") else notice_html("内部错误，请重试")
-        yield [*history, {"role": "assistant", "content": final}], done, *unlock
+        render = partial(render_generated, question, reports, top_k, asked)
+        for kind, content in generated_events(render):
+            if kind == "done":
+                yield [*history, {"role": "assistant", "content": content}], done, *unlock
+                return
+            pending_html = f"<div class=\"rag-note\">生成中（尚未核实）…</div><div>{escape(content)}</div>"
+            yield [*history, {"role": "assistant", "content": pending_html}], gr.skip(), gr.skip(), gr.skip()
 
     def on_example(event: gr.SelectData, history: list, state: dict, reports, top_k):
         value = event.value if isinstance(event.value, dict) else {"text": str(event.value)}

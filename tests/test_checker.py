@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from rag.checker import Unit, check_sentences, number_supported, numbers_of, split_sentences
+from rag.checker import Unit, check_sentences, figures_of, names_of, number_supported, numbers_of, split_sentences
+from rag.textnorm import fold
 
 QUESTION = "GPT-3 的参数量是多少？"
 
@@ -32,3 +33,35 @@ def test_list_numbering_is_not_a_figure():
     answer = "以下改进：\n1. 添加了两种新机制。\n2、提供了更简单的流程。（3）版本1.8支持AMD GPU。改进：1.8版"
     assert [text for text, _ in split_sentences(answer)] == [
         "以下改进：", "添加了两种新机制。", "提供了更简单的流程。", "版本1.8支持AMD GPU。", "改进：1.8版"]
+
+
+MCKINSEY = ("而根据麦肯锡预测，人工智能整体将为全球经济带来高达 25.6 万亿美元的正面经济影响，"
+            "而其中来自 GenAI 的贡献高达 7.9 万亿美元。")
+
+
+def _unit(text: str) -> Unit:
+    return Unit(0, text, fold(text).replace(" ", ""))
+
+
+def test_a_rival_number_that_owns_the_claimed_terms_takes_the_number_away():
+    subjects = ["经济", "麦肯锡", "贡献", "测算"]
+    # "生成式AI能给全球经济贡献25.6万亿美元": 贡献 (and the "ai" of GenAI) stand by 7.9, not by 25.6.
+    claimed = ["经济", "生成式", "ai", "麦肯锡", "贡献", "测算", "全球"]
+    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, claimed, {"25.6"}) == (True, False)
+    # Both clauses hold a claimed term the other lacks: neither number passes alone.
+    assert number_supported("7.9", [_unit(MCKINSEY)], subjects, claimed, {"7.9"}) == (True, False)
+    # Stated together, they are no rivals; and what only 25.6's clause says ties 25.6 to it.
+    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, claimed, {"25.6", "7.9"}) == (True, True)
+    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, ["人工智能", "经济"], {"25.6"}) == (True, True)
+
+
+def test_rival_rule_keeps_a_plain_list_of_figures():
+    row = _unit("GPU单价7.39万元，TPU单价2.29万元。")
+    assert number_supported("7.39", [row], ["gpu", "单价"], ["gpu", "单价"], {"7.39"}) == (True, True)
+    assert number_supported("7.39", [row], ["tpu", "单价"], ["tpu", "单价"], {"7.39"}) == (True, False)
+
+
+def test_digits_of_a_name_are_no_figure():
+    assert figures_of("阿里巴巴，M6。") == [] and names_of("阿里巴巴，M6。") == ["m6"]
+    assert figures_of("GPT-4的参数量为1,750亿，A100 GPU") == ["1750"]
+    assert names_of("GPT-4 与 A100") == ["gpt4", "a100"]

@@ -104,6 +104,14 @@ def test_separation_auc():
     assert separation_auc([None], [0.2]) is None  # bm25: no model, no AUC
 
 
+def test_limit_spreads_over_the_split():
+    from rag.evaluate import spread
+
+    items = list(range(10))
+    assert spread(items, 3) == [0, 3, 6] and spread(items, None) == items and spread(items, 20) == items
+    assert spread(items, 0) == [] and spread(items, 10) == items
+
+
 def test_load_questions_rejects_a_bad_file(tmp_path):
     from rag.errors import RagError
 

@@ -70,11 +70,39 @@ def test_generated_answer_shows_only_verified_cited_sentences(tiny_qa, llm):
 
 
 def test_timeout_falls_back_to_extractive(tiny_qa, llm_server):
-    config = LLMConfig(base_url=llm_server.base_url, timeout=0.01)
-    result = tiny_qa.ask(QUESTION, generate=True, llm=config)
-    assert result.generated is not None and not result.generated.shown
-    assert "超时" in (result.generated.notice or "") or result.generated.notice
-    assert result.answer and not result.generated.text
+    # No text within the wait (the client's timeout), and an answer longer than the whole-answer cap.
+    for config in (LLMConfig(base_url=llm_server.base_url, timeout=0.01),
+                   LLMConfig(base_url=llm_server.base_url, timeout=300, max_seconds=0.05)):
+        result = tiny_qa.ask(QUESTION, generate=True, llm=config)
+        assert result.generated is not None and not result.generated.shown
+        assert "超时" in (result.generated.notice or "")
+        assert result.answer and not result.generated.text
+
+
+def test_chat_streams_the_draft_then_the_checked_answer(tiny_qa, llm):
+    from rag.present import generated_html
+    from rag.webui import generated_events
+
+    def render(on_text):
+        return generated_html(tiny_qa, tiny_qa.ask(QUESTION, generate=True, llm=llm, on_text=on_text))
+
+    events = list(generated_events(render))
+    drafts = [content for kind, content in events if kind == "text"]
+    assert drafts and [kind for kind, _ in events][-1] == "done" and [k for k, _ in events].count("done") == 1
+    assert all(later.startswith(earlier) for earlier, later in zip(drafts, drafts[1:], strict=False))
+    final = events[-1][1]
+    assert "已对照所引段落核实" in final or "抽取式答案" in final
+
+
+def test_chat_shows_a_notice_when_rendering_fails():
+    from rag.present import notice_html
+    from rag.webui import generated_events
+
+    def render(on_text):
+        on_text("草稿")
+        raise RuntimeError("boom")
+
+    assert list(generated_events(render))[-1] == ("done", notice_html("内部错误，请重试"))
 
 
 def test_killed_server_falls_back(tiny_qa):
@@ -146,3 +174,9 @@ def test_eval_answers_reports_both_kinds(tiny_qa, llm):
     assert generated["shown_sentences_verified"] == 1.0
     assert generated["llm_failures"] == 0 and generated["full_p50"] > 0
     assert "| 展示句已核实比例" in answers_report(numbers, "dev", "inline")
+    # A resumed run asks only what is not recorded yet, and sums up the same way.
+    first = {numbers["records"][0]["id"]: numbers["records"][0]}
+    asked: list[dict] = []
+    resumed = evaluate_answers(tiny_qa, questions, llm, done=first, on_record=asked.append)
+    assert [r["id"] for r in asked] == ["t2"] and resumed["questions"]["n"] == 2
+    assert resumed["generated"]["shown_numbers_not_in_cited"] == 0

@@ -49,8 +49,9 @@ _LATIN_VERSIONED = re.compile(r"(?<![a-z])([a-z]+)[-\s]?\d+(?:\.\d+)*")
 # A Latin-letter name with digits: its digits name a thing, they are not a figure to tie to the subject.
 _NAME_TOKEN = re.compile(r"(?<![a-z0-9.])[a-z]{1,12}[-\s]?\d+(?:\.\d+)*[a-z]*(?![\d.%])")
 _CLAUSE_BREAK = re.compile(r"[，,；;。！？!?：:、()（）\t]")
-# What a number counts: "%" or the one or two characters after it ("万亿" of 万亿美元, "亿", "年").
-_MEASURE = re.compile(r"\s*([%‰]|[^\W\d_]{1,2})")
+# What a number counts: a percentage, a magnitude with its currency (万亿美元, 亿元, 亿), or a counting
+# word (年, 倍, 家); anything else is a bare number, which has no rivals.
+_MEASURE = re.compile(r"\s*([%‰]|[十百千万亿兆]+(?:美元|元|人民币)?|美元|元|[年月日倍个家台次名款])")
 
 
 def names_of(text: str) -> list[str]:

@@ -112,6 +112,20 @@ def test_limit_spreads_over_the_split():
     assert spread(items, 0) == [] and spread(items, 10) == items
 
 
+def test_resumed_answer_eval_keeps_only_matching_records(tmp_path):
+    from rag.answer_eval import load_records
+
+    questions = [Question("a", "甲是多少？", [], [], "numeric"), Question("b", "乙是多少？", [], [], "numeric")]
+    lines = [{"id": "a", "question": "甲是多少？", "model": "m"},
+             {"id": "b", "question": "乙是多少？", "model": "other"},  # another model's answer
+             {"id": "b", "question": "乙以前怎么问？", "model": "m"}]  # the question was reworded since
+    path = tmp_path / "answers-test.records.jsonl"
+    path.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + '\n{"id": "b", "qu',
+                    encoding="utf-8")  # the last line of a run killed mid-write
+    assert set(load_records(path, questions, "m")) == {"a"}
+    assert load_records(tmp_path / "missing.jsonl", questions, "m") == {}
+
+
 def test_load_questions_rejects_a_bad_file(tmp_path):
     from rag.errors import RagError
 

@@ -133,6 +133,27 @@ def test_cli_ask_generate_json(tiny_qa, tiny_model, llm):
             assert sentence["citations"]
 
 
+def test_cli_answer_eval_records_as_it_goes_and_resumes(tiny_qa, tiny_model, llm, tmp_path):
+    questions = tmp_path / "questions.jsonl"
+    asked = [(QUESTION, "1750亿"), ("GPT-2 的参数量是多少？", "15亿"), ("华为的火星基地有多少名员工？", "")]
+    rows = [{"id": f"q{n}", "question": text, "evidence": [], "docs": [], "type": "numeric", "split": "test",
+             "answer": answer} for n, (text, answer) in enumerate(asked)]
+    rows[2]["type"] = "unanswerable"
+    questions.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    base = ["--corpus", str(tiny_qa.corpus_dir), "--index", str(tiny_qa.index_dir), "--model", tiny_model, "eval",
+            "--answers", "extractive,generated", "--questions", str(questions), "--split", "test",
+            "--out", str(tmp_path / "out"), "--json"]
+    env = {"RAG_LLM_BASE_URL": llm.base_url, "RAG_LLM_MAX_TOKENS": "48"}
+    first = CliRunner().invoke(main, [*base, "--limit", "2"], env=env)
+    assert first.exit_code == 0, first.output
+    records = tmp_path / "out" / "answers-test.records.jsonl"
+    assert [json.loads(line)["id"] for line in records.read_text(encoding="utf-8").splitlines()] == ["q0", "q1"]
+    resumed = CliRunner().invoke(main, [*base, "--resume"], env=env)
+    assert resumed.exit_code == 0, resumed.output
+    assert [json.loads(line)["id"] for line in records.read_text(encoding="utf-8").splitlines()] == ["q0", "q1", "q2"]
+    assert json.loads(resumed.stdout[resumed.stdout.index("{"):])["questions"]["n"] == 3
+
+
 def test_cli_generate_without_llm_is_a_clear_error(tiny_qa, tiny_model):
     outcome = CliRunner().invoke(main, ["--corpus", str(tiny_qa.corpus_dir), "--index", str(tiny_qa.index_dir),
                                         "--model", tiny_model, "ask", QUESTION, "--generate"],

@@ -22,7 +22,7 @@ supports is unverified; callers never show it as verified.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -51,6 +51,7 @@ _NAME_TOKEN = re.compile(r"(?<![a-z0-9.])[a-z]{1,12}[-\s]?\d+(?:\.\d+)*[a-z]*(?!
 _CLAUSE_BREAK = re.compile(r"[，,；;。！？!?：:、()（）\t]")
 # What a number counts: a percentage, a magnitude with its currency (万亿美元, 亿元, 亿), or a counting
 # word (年, 倍, 家); anything else is a bare number, which has no rivals.
+_DATE_PARTS = {"年", "月", "日"}
 _MEASURE = re.compile(r"\s*([%‰]|[十百千万亿兆]+(?:美元|元|人民币)?|美元|元|[年月日倍个家台次名款])")
 
 
@@ -180,16 +181,49 @@ def _rival_claims(number: str, position: int, text: str, claimed: Collection[str
     return False
 
 
+def _same_measure(written: str, found: str) -> bool:
+    """True when a number written with ``written`` (in the checked sentence) may be the one found with ``found``.
+
+    "3倍" is not the "3" of "3 FLOPS", and "192,492亿美元" not "$192,492 million"; a magnitude may drop its
+    currency ("25.6万亿" for 25.6万亿美元), and a year may stand bare in a table cell.
+    """
+    if not written or written == found:
+        return True
+    if not found:
+        return written in _DATE_PARTS
+    return written.startswith(found) or found.startswith(written)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the checked sentence says around its numbers: the question's terms it uses, its numbers (which
+    are no rivals of each other) and the measures each number is written with ("倍", "万亿美元", "%")."""
+
+    terms: tuple[str, ...] = ()
+    numbers: frozenset[str] = frozenset()
+    measures: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, sentence: str, query: Query, numbers: Collection[str]) -> Claim:
+        """The claim of ``sentence`` (its ``numbers`` already chosen by the caller)."""
+        folded = re.sub(r"(?<=\d),(?=\d{3})", "", fold(sentence).replace(" ", ""))
+        terms = tuple(t.replace(" ", "") for t in query.weights if t.replace(" ", "") in folded)
+        measures = {n: frozenset(_measure(folded, p + len(n)) for p in _number_positions(n, folded)) for n in numbers}
+        return cls(terms, frozenset(numbers), measures)
+
+
 def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str],
-                     claimed: Collection[str] = (), stated: Collection[str] = ()) -> tuple[bool, bool]:
+                     claim: Claim | None = None) -> tuple[bool, bool]:
     """(occurs in one of ``units``, occurs there tied to the subject).
 
-    Tied: a subject term within ``SUBJECT_WINDOW`` characters; when the question names a versioned name
-    (``gpt-4``), the nearest name of that family before the number is that name, not a sibling; and no
-    rival number of the same measure in another clause stands next to one of the ``claimed`` terms (the
-    question's terms the checked sentence uses) that the number's own clause lacks (``stated``: the
-    other numbers of the checked sentence, which are no rivals).
+    Tied: written there with the measure the ``claim`` gives it (``_same_measure``); a subject term within
+    ``SUBJECT_WINDOW`` characters; when the question names a versioned name (``gpt-4``), the nearest name of
+    that family before the number is that name, not a sibling; and no rival number of the same measure in
+    another clause stands next to one of the claim's terms (the question's terms the checked sentence uses)
+    that the number's own clause lacks (the claim's other numbers are no rivals).
     """
+    claim = claim or Claim()
+    written = claim.measures.get(number, frozenset())
     occurs = False
     for unit in units:
         cleaned = re.sub(r"(?<=\d),(?=\d{3})", "", unit.folded)
@@ -198,9 +232,12 @@ def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str]
             occurs = True
             if not subjects:
                 return True, True
+            found = _measure(cleaned, position + len(number))
+            if written and not any(_same_measure(w, found) for w in written):
+                continue
             window = cleaned[max(0, position - SUBJECT_WINDOW):position + len(number) + SUBJECT_WINDOW]
             if (any(term in window for term in subjects) and not _other_version_owns(position, mentions, subjects)
-                    and not _rival_claims(number, position, cleaned, claimed, stated)):
+                    and not _rival_claims(number, position, cleaned, claim.terms, claim.numbers)):
                 return True, True
     return occurs, False
 
@@ -209,9 +246,8 @@ def _names_it(name: str, units: Sequence[Unit]) -> bool:
     return any(name in unit.folded.replace("-", "") for unit in units)
 
 
-def _tied(number: str, hit_units: list[Unit], subjects: Sequence[str], claimed: Collection[str],
-          stated: Collection[str]) -> bool:
-    return number_supported(number, hit_units, subjects, claimed, stated)[1]
+def _tied(number: str, hit_units: list[Unit], subjects: Sequence[str], claim: Claim) -> bool:
+    return number_supported(number, hit_units, subjects, claim)[1]
 
 
 @dataclass
@@ -257,9 +293,7 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
         check = SentenceCheck(text=text, model_markers=markers)
         check.numbers = [n for n in figures_of(text) if n not in question_numbers]
         names = names_of(text)
-        folded_sentence = fold(text).replace(" ", "")
-        claimed = [term.replace(" ", "") for term in query.weights if term.replace(" ", "") in folded_sentence]
-        supported = partial(_tied, subjects=subjects, claimed=claimed, stated=frozenset(check.numbers))
+        supported = partial(_tied, subjects=subjects, claim=Claim.of(text, query, check.numbers))
         if vectors is None:
             check.reason = "no passages"
             checks.append(check)

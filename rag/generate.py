@@ -47,6 +47,18 @@ def generate_answer(query: Query, hits: list[Hit], client: LLMClient, encode: Ca
         log.warning("generated answer failed: %s", exc)
         return GeneratedAnswer(shown=False, notice=exc.notice, model=model,
                                first_token_seconds=timing.first_token, total_seconds=timing.total)
+    return checked_answer(query, passages, raw, encode, settings, model=model, timing=timing)
+
+
+def checked_answer(query: Query, passages: list[Hit], raw: str, encode: Callable[[list[str]], np.ndarray],
+                   settings: CheckerSettings | None = None, model: str = "",
+                   timing: StreamTiming | None = None) -> GeneratedAnswer:
+    """The ``GeneratedAnswer`` for the model's text ``raw`` about ``passages``: only verified sentences shown.
+
+    Separate from asking the model so a recorded answer can be checked again when the checker changes
+    (``eval/recheck_generated.py``).
+    """
+    timing = timing or StreamTiming()
     answer = GeneratedAnswer(shown=False, model=model, raw=raw, first_token_seconds=timing.first_token,
                              total_seconds=timing.total, fabricated_numbers=fabricated_numbers(raw, passages, query))
     if is_refusal(raw) and len(raw) < 40:

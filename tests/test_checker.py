@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from rag.checker import Unit, check_sentences, figures_of, names_of, number_supported, numbers_of, split_sentences
+from rag.checker import (
+    Claim,
+    Unit,
+    check_sentences,
+    figures_of,
+    names_of,
+    number_supported,
+    numbers_of,
+    split_sentences,
+)
 from rag.textnorm import fold
 
 QUESTION = "GPT-3 的参数量是多少？"
@@ -43,22 +52,42 @@ def _unit(text: str) -> Unit:
     return Unit(0, text, fold(text).replace(" ", ""))
 
 
+def _claim(terms: list[str], *numbers: str, **measures: str) -> Claim:
+    """A checked sentence's claim: its question terms, its numbers, and measure=number for those written with one."""
+    return Claim(tuple(terms), frozenset(numbers), {n: frozenset({m}) for m, n in measures.items()})
+
+
 def test_a_rival_number_that_owns_the_claimed_terms_takes_the_number_away():
     subjects = ["经济", "麦肯锡", "贡献", "测算"]
     # "生成式AI能给全球经济贡献25.6万亿美元": 贡献 (and the "ai" of GenAI) stand by 7.9, not by 25.6.
     claimed = ["经济", "生成式", "ai", "麦肯锡", "贡献", "测算", "全球"]
-    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, claimed, {"25.6"}) == (True, False)
+    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, _claim(claimed, "25.6")) == (True, False)
     # Both clauses hold a claimed term the other lacks: neither number passes alone.
-    assert number_supported("7.9", [_unit(MCKINSEY)], subjects, claimed, {"7.9"}) == (True, False)
+    assert number_supported("7.9", [_unit(MCKINSEY)], subjects, _claim(claimed, "7.9")) == (True, False)
     # Stated together, they are no rivals; and what only 25.6's clause says ties 25.6 to it.
-    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, claimed, {"25.6", "7.9"}) == (True, True)
-    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, ["人工智能", "经济"], {"25.6"}) == (True, True)
+    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, _claim(claimed, "25.6", "7.9")) == (True, True)
+    assert number_supported("25.6", [_unit(MCKINSEY)], subjects, _claim(["人工智能", "经济"], "25.6")) == (True, True)
 
 
 def test_rival_rule_keeps_a_plain_list_of_figures():
     row = _unit("GPU单价7.39万元，TPU单价2.29万元。")
-    assert number_supported("7.39", [row], ["gpu", "单价"], ["gpu", "单价"], {"7.39"}) == (True, True)
-    assert number_supported("7.39", [row], ["tpu", "单价"], ["tpu", "单价"], {"7.39"}) == (True, False)
+    assert number_supported("7.39", [row], ["gpu", "单价"], _claim(["gpu", "单价"], "7.39")) == (True, True)
+    assert number_supported("7.39", [row], ["tpu", "单价"], _claim(["tpu", "单价"], "7.39")) == (True, False)
+
+
+def test_a_number_must_stand_there_with_the_measure_it_is_written_with():
+    passage = _unit("张北和乌兰察布智算中心分别提供12 FLOPS和3 FLOPS的AI算力，"
+                    "可以将计算资源利用率提高3倍以上，推理效率提升6倍。")
+    subjects = ["智算", "推理"]
+    # "推理速度能快3倍": the 3 of "3 FLOPS" is no 倍, and the 3倍 belongs to 利用率 while 推理 stands by 6倍.
+    assert number_supported("3", [passage], subjects, _claim(["智算", "推理"], "3", 倍="3")) == (True, False)
+    assert number_supported("6", [passage], subjects, _claim(["智算", "推理"], "6", 倍="6")) == (True, True)
+    bloomberg = _unit("到2032年，生成式AI驱动的广告支出将达到$192,492 million。")
+    in_yi = _claim(["广告"], "192492", 亿美元="192492")  # "192,492亿美元" for $192,492 million
+    assert number_supported("192492", [bloomberg], ["广告"], in_yi) == (True, False)
+    assert number_supported("192492", [bloomberg], ["广告"], _claim(["广告"], "192492")) == (True, True)
+    table_cell = _unit("推出年份(gpt-3:2020;gpt-4:2023)")  # a bare year in a table may be written 2023年
+    assert number_supported("2023", [table_cell], ["gpt-4"], _claim(["gpt-4"], "2023", 年="2023")) == (True, True)
 
 
 def test_digits_of_a_name_are_no_figure():

@@ -105,6 +105,23 @@ def test_chat_shows_a_notice_when_rendering_fails():
     assert list(generated_events(render))[-1] == ("done", notice_html("内部错误，请重试"))
 
 
+def test_endpoint_refusing_the_request_falls_back(tiny_qa, llm_server):
+    # The real server answers an unknown route with an HTTP error: the endpoint refused the request.
+    refused = LLMConfig(base_url=llm_server.base_url.replace("/v1", "/no-such-api"), timeout=60)
+    result = tiny_qa.ask(QUESTION, generate=True, llm=refused)
+    assert result.generated is not None and not result.generated.shown
+    assert "拒绝" in (result.generated.notice or "") and result.answer
+
+
+def test_garbage_model_output_shows_the_extractive_answer(tiny_qa):
+    from rag.generate import NOTHING_VERIFIED, checked_answer
+
+    found = tiny_qa.search(QUESTION, top_k=5)
+    for garbage in ("！！！###……", "", "GPT-3的参数量为98765亿。98765亿！"):
+        generated = checked_answer(found.analysed, found.hits, garbage, tiny_qa.embedder.embed_documents)
+        assert not generated.shown and generated.notice == NOTHING_VERIFIED and not generated.text
+
+
 def test_killed_server_falls_back(tiny_qa):
     from rag.llm_server import start_local_llm
 

@@ -7,11 +7,14 @@ re-runs only the deterministic part: the same retrieval (same index) gives the s
 for the rechecked records and every sentence whose verdict changed.
 
     python eval/recheck_generated.py --split test [--records FILE]
+
+The table is also written to ``eval/results/<date>-answers-<split>-rechecked.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -64,7 +67,11 @@ def main() -> None:
                 verdict = "now verified" if sentence.verified else f"now rejected ({sentence.reason})"
                 print(f"{record['id']}: {verdict}: {sentence.text}")
     chosen = [q for q in questions.values() if q.id in rechecked]
-    print(answers_report(summarise(chosen, rechecked, model), args.split, f"{records_file} (rechecked)"))
+    report = answers_report(summarise(chosen, rechecked, model), args.split, f"{records_file} (rechecked)")
+    out = records_file.parent / f"{datetime.date.today().isoformat()}-answers-{args.split}-rechecked.md"
+    out.write_text(report, encoding="utf-8")
+    print(report)
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from .textnorm import fold
 
 SUBJECT_WINDOW = 40
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_MARKER = re.compile(r"\s*[\[【]\s*(\d{1,2})\s*[\]】]")
+_MARKER = re.compile(r"\s*[\[【]\s*(?:编号|段落|来源)?\s*(\d{1,2})\s*[\]】]")  # [2], 【2】, [编号2]
 _SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;]*")
 # List numbering ("1. ", "2、", "（3）") at a line start or after a colon: not a figure to verify.
 _ENUMERATOR = re.compile(r"(?:^|(?<=[：:\s]))(?:\d{1,2}[.、．)）](?!\d)|[(（]\d{1,2}[)）])\s*")
@@ -48,7 +48,8 @@ _NAME_WITH_VERSION = re.compile(r"[A-Za-z\u4e00-\u9fff][A-Za-z]*[-\s]?\d+(?:\.\d
 _LATIN_VERSIONED = re.compile(r"(?<![a-z])([a-z]+)[-\s]?\d+(?:\.\d+)*")
 # A Latin-letter name with digits: its digits name a thing, they are not a figure to tie to the subject.
 _NAME_TOKEN = re.compile(r"(?<![a-z0-9.])[a-z]{1,12}[-\s]?\d+(?:\.\d+)*[a-z]*(?![\d.%])")
-_CLAUSE_BREAK = re.compile(r"[，,；;。！？!?：:、()（）\t]")
+# Colons do not break a clause: a table row is quoted "column:value", and the column names the value.
+_CLAUSE_BREAK = re.compile(r"[，,；;。！？!?、()（）\t]")
 # What a number counts: a percentage, a magnitude with its currency (万亿美元, 亿元, 亿), or a counting
 # word (年, 倍, 家); anything else is a bare number, which has no rivals.
 _DATE_PARTS = {"年", "月", "日"}
@@ -207,7 +208,9 @@ class Claim:
     def of(cls, sentence: str, query: Query, numbers: Collection[str]) -> Claim:
         """The claim of ``sentence`` (its ``numbers`` already chosen by the caller)."""
         folded = re.sub(r"(?<=\d),(?=\d{3})", "", fold(sentence).replace(" ", ""))
-        terms = tuple(t.replace(" ", "") for t in query.weights if t.replace(" ", "") in folded)
+        # Number-only terms ("2" of GPT-2) would be found inside other numbers; numbers are checked as numbers.
+        terms = tuple(t.replace(" ", "") for t in query.weights
+                      if t.replace(" ", "") in folded and re.search(r"[^\d.\s]", t))
         measures = {n: frozenset(_measure(folded, p + len(n)) for p in _number_positions(n, folded)) for n in numbers}
         return cls(terms, frozenset(numbers), measures)
 
@@ -287,12 +290,13 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
     units = [unit for index, hit in enumerate(hits) for unit in passage_units(hit, index)]
     subjects = subject_terms(query)
     question_numbers = set(numbers_of(query.text))
+    question_names = set(names_of(query.text))
     vectors = encode([s for s, _ in sentences] + [u.text for u in units]) if units else None
     checks = []
     for position, (text, markers) in enumerate(sentences):
         check = SentenceCheck(text=text, model_markers=markers)
         check.numbers = [n for n in figures_of(text) if n not in question_numbers]
-        names = names_of(text)
+        names = [name for name in names_of(text) if name not in question_names]  # the question's own are its subject
         supported = partial(_tied, subjects=subjects, claim=Claim.of(text, query, check.numbers))
         if vectors is None:
             check.reason = "no passages"
@@ -306,6 +310,7 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
             best_by_hit[unit.hit_index] = max(best_by_hit.get(unit.hit_index, -1.0), float(similarity))
         supporting = []
         missing: set[str] = set()
+        tied_somewhere = False  # some passage holds every number next to the subject
         for index in sorted(best_by_hit, key=lambda i: (-(i + 1 in markers), -best_by_hit[i])):
             hit_units = [u for u in units if u.hit_index == index]
             unsupported = [n for n in check.numbers if not supported(n, hit_units)]
@@ -313,6 +318,7 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
             if unsupported:
                 missing.update(unsupported)
                 continue
+            tied_somewhere = True
             if best_by_hit[index] >= settings.min_similarity:
                 supporting.append(index)
         check.similarity = max(best_by_hit.values(), default=0.0)
@@ -325,7 +331,7 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
         elif check.unsupported_numbers:
             check.reason = "numbers not in the cited passages next to the subject: " + ", ".join(
                 check.unsupported_numbers)
-        elif missing:
+        elif missing and not tied_somewhere:
             check.reason = "no single passage holds all its numbers next to the subject"
         else:
             check.reason = f"not close enough to any passage (cosine {check.similarity:.2f})"

@@ -529,7 +529,10 @@ def serve_command(ctx, host: str, port: int, cors_origins: tuple[str, ...]) -> N
         serve(_qa(ctx), host=host, port=port, api_key=os.environ.get(API_KEY_ENV) or None, cors_origins=origins,
               echo=click.echo)
     except KeyboardInterrupt:  # Ctrl+C is how a server is stopped: uvicorn re-raises it after shutting down
-        click.echo("已停止 / stopped")
+        pass
+    # uvicorn re-raises the signal only when the handler it replaced raises; either way serve() returning
+    # means the server stopped (seen under load: exit 0 after "Finished server process", no message).
+    click.echo("已停止 / stopped")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ def test_checker_rejects_number_absent_from_passages(tiny_qa):
 
 def test_sentences_markers_and_width_folding():
     assert split_sentences("甲为１７５０亿[1]。乙是15%【2】！") == [("甲为１７５０亿。", [1]), ("乙是15%！", [2])]
+    assert split_sentences("15.8亿 [编号2]") == [("15.8亿", [2])]
     assert numbers_of("参数量１，７５０亿，增长25.6%") == ["1750", "25.6"]
 
 
@@ -73,6 +74,14 @@ def test_rival_rule_keeps_a_plain_list_of_figures():
     row = _unit("GPU单价7.39万元，TPU单价2.29万元。")
     assert number_supported("7.39", [row], ["gpu", "单价"], _claim(["gpu", "单价"], "7.39")) == (True, True)
     assert number_supported("7.39", [row], ["tpu", "单价"], _claim(["tpu", "单价"], "7.39")) == (True, False)
+
+
+def test_a_table_cell_is_read_with_its_column_name():
+    row = _unit("参数量(gpt-1:1.2亿;gpt-2:15.8亿;gpt-3:1750亿)")
+    assert number_supported("15.8", [row], ["gpt-2", "参数量"], _claim(["gpt-2", "参数量"], "15.8", 亿="15.8")) == (
+        True, True)
+    assert number_supported("1750", [row], ["gpt-2", "参数量"], _claim(["gpt-2", "参数量"], "1750", 亿="1750")) == (
+        True, False)
 
 
 def test_a_number_must_stand_there_with_the_measure_it_is_written_with():

@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
@@ -33,7 +32,7 @@ from .chunking import sentence_spans
 from .query import Query
 from .results import Hit
 from .tables import quote_row
-from .textnorm import fold
+from .textnorm import drop_thousands_separators, fold
 
 SUBJECT_WINDOW = 40
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -63,15 +62,13 @@ def names_of(text: str) -> list[str]:
 
 def figures_of(text: str) -> list[str]:
     """The numbers of ``text`` that are figures: not only the digits of a name such as "M6" or "A100"."""
-    folded = re.sub(r"(?<=\d),(?=\d{3})", "", fold(text))
-    outside_names = _NAME_TOKEN.sub(" ", folded)
-    return [n for n in numbers_of(text) if re.search(rf"(?<![\d.]){re.escape(n)}(?!\d|\.\d)", outside_names)]
+    outside_names = _NAME_TOKEN.sub(" ", drop_thousands_separators(fold(text)))
+    return [n for n in numbers_of(text) if _number_positions(n, outside_names)]
 
 
 def numbers_of(text: str) -> list[str]:
     """The numbers written in ``text`` (folded; "3,958" is 3958), in order, each once."""
-    folded = re.sub(r"(?<=\d),(?=\d{3})", "", fold(text))
-    return list(dict.fromkeys(_NUMBER.findall(folded)))
+    return list(dict.fromkeys(_NUMBER.findall(drop_thousands_separators(fold(text)))))
 
 
 def split_sentences(answer: str) -> list[tuple[str, list[int]]]:
@@ -129,9 +126,8 @@ def passage_units(hit: Hit, hit_index: int) -> list[Unit]:
 
 def _number_positions(number: str, folded: str) -> list[int]:
     """Where ``number`` stands on its own in ``folded`` (not inside a longer number)."""
-    cleaned = re.sub(r"(?<=\d),(?=\d{3})", "", folded)
     pattern = re.compile(rf"(?<![\d.]){re.escape(number)}(?!\d|\.\d)")
-    return [m.start() for m in pattern.finditer(cleaned)]
+    return [m.start() for m in pattern.finditer(drop_thousands_separators(folded))]
 
 
 def _versioned(text: str) -> list[tuple[int, str, str]]:
@@ -207,7 +203,7 @@ class Claim:
     @classmethod
     def of(cls, sentence: str, query: Query, numbers: Collection[str]) -> Claim:
         """The claim of ``sentence`` (its ``numbers`` already chosen by the caller)."""
-        folded = re.sub(r"(?<=\d),(?=\d{3})", "", fold(sentence).replace(" ", ""))
+        folded = drop_thousands_separators(fold(sentence).replace(" ", ""))
         # Number-only terms ("2" of GPT-2) would be found inside other numbers; numbers are checked as numbers.
         terms = tuple(t.replace(" ", "") for t in query.weights
                       if t.replace(" ", "") in folded and re.search(r"[^\d.\s]", t))
@@ -229,7 +225,7 @@ def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str]
     written = claim.measures.get(number, frozenset())
     occurs = False
     for unit in units:
-        cleaned = re.sub(r"(?<=\d),(?=\d{3})", "", unit.folded)
+        cleaned = drop_thousands_separators(unit.folded)
         mentions = _versioned(cleaned)
         for position in _number_positions(number, unit.folded):
             occurs = True
@@ -247,10 +243,6 @@ def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str]
 
 def _names_it(name: str, units: Sequence[Unit]) -> bool:
     return any(name in unit.folded.replace("-", "") for unit in units)
-
-
-def _tied(number: str, hit_units: list[Unit], subjects: Sequence[str], claim: Claim) -> bool:
-    return number_supported(number, hit_units, subjects, claim)[1]
 
 
 @dataclass
@@ -288,6 +280,9 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
     if not sentences:
         return []
     units = [unit for index, hit in enumerate(hits) for unit in passage_units(hit, index)]
+    units_by_hit: dict[int, list[Unit]] = {}
+    for unit in units:
+        units_by_hit.setdefault(unit.hit_index, []).append(unit)
     subjects = subject_terms(query)
     question_numbers = set(numbers_of(query.text))
     question_names = set(names_of(query.text))
@@ -297,7 +292,7 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
         check = SentenceCheck(text=text, model_markers=markers)
         check.numbers = [n for n in figures_of(text) if n not in question_numbers]
         names = [name for name in names_of(text) if name not in question_names]  # the question's own are its subject
-        supported = partial(_tied, subjects=subjects, claim=Claim.of(text, query, check.numbers))
+        claim = Claim.of(text, query, check.numbers)
         if vectors is None:
             check.reason = "no passages"
             checks.append(check)
@@ -308,13 +303,14 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
         best_by_hit: dict[int, float] = {}
         for unit, similarity in zip(units, similarities, strict=True):
             best_by_hit[unit.hit_index] = max(best_by_hit.get(unit.hit_index, -1.0), float(similarity))
+        # Per passage: the sentence's numbers not tied to the subject there (checked once per passage).
+        untied = {index: [n for n in check.numbers if not number_supported(n, hit_units, subjects, claim)[1]]
+                  for index, hit_units in units_by_hit.items()}
         supporting = []
         missing: set[str] = set()
         tied_somewhere = False  # some passage holds every number next to the subject
         for index in sorted(best_by_hit, key=lambda i: (-(i + 1 in markers), -best_by_hit[i])):
-            hit_units = [u for u in units if u.hit_index == index]
-            unsupported = [n for n in check.numbers if not supported(n, hit_units)]
-            unsupported += [name for name in names if not _names_it(name, hit_units)]
+            unsupported = untied[index] + [name for name in names if not _names_it(name, units_by_hit[index])]
             if unsupported:
                 missing.update(unsupported)
                 continue
@@ -322,9 +318,7 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
             if best_by_hit[index] >= settings.min_similarity:
                 supporting.append(index)
         check.similarity = max(best_by_hit.values(), default=0.0)
-        check.unsupported_numbers = [n for n in check.numbers
-                                     if not any(supported(n, [u for u in units if u.hit_index == i])
-                                                for i in best_by_hit)]
+        check.unsupported_numbers = [n for n in check.numbers if all(n in untied[i] for i in best_by_hit)]
         if supporting:
             check.supporting = supporting[:2]
             check.verified = True

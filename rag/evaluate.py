@@ -31,7 +31,7 @@ from .boilerplate import boilerplate_map
 from .chunking import ChunkerSettings
 from .errors import RagError
 from .results import Answer, Hit
-from .textnorm import fold, squeeze
+from .textnorm import drop_thousands_separators, fold, squeeze
 
 TYPES = ("fact", "table", "numeric", "list", "paraphrase", "multi", "unanswerable")
 RANX_METRICS = ["hit_rate@1", "hit_rate@3", "hit_rate@5", "hit_rate@10", "mrr@10", "ndcg@10"]
@@ -216,7 +216,7 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 def numbers_in(text: str) -> set[str]:
     """The numbers written in ``text`` (thousands separators dropped: "3,958" is 3958)."""
-    return set(_NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3})", "", fold(text))))
+    return set(_NUMBER.findall(drop_thousands_separators(fold(text))))
 
 
 MARKER = re.compile(r"\[(\d+)\]")

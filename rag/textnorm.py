@@ -38,6 +38,8 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _LIST_START = re.compile(r"^\s*([-*•·●▪■◆]|\d+[、.．)）]|[（(]\d+[)）]|[一二三四五六七八九十]+[、.．]|#)")
 
 
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
+
 def repair_char(ch: str) -> str:
     """Repair one code point: CJK radicals and compatibility forms to ordinary characters.
 
@@ -115,6 +117,11 @@ def fold(text: str) -> str:
     """Matching key of ``text``: NFKC (full-width to half-width), lower case, radicals repaired."""
     repaired = "".join(RADICAL_REPAIRS.get(ch, ch) for ch in text)
     return unicodedata.normalize("NFKC", repaired.translate(_WIDTH)).lower()
+
+
+def drop_thousands_separators(text: str) -> str:
+    """``text`` with the commas inside numbers removed ("3,958" becomes "3958"), so a number reads as one."""
+    return _THOUSANDS.sub("", text)
 
 
 def squeeze(text: str) -> str:

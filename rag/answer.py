@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import fitted
 from .answerability import AnswerabilityModel, features
-from .boilerplate import boilerplate_map, share_beyond_issuer
+from .boilerplate import notices_of, share_beyond_issuer
 from .chunking import sentence_spans
 from .query import Query, fold_key
 from .results import Answer, Hit, has_dense_scores
@@ -137,7 +137,7 @@ def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | Non
     units = []
     seen: set[str] = set()
     for position, hit in enumerate(hits[:max_passages]):
-        notices = boilerplate_map(hit.document.text)
+        notices = notices_of(hit.document)
         for order, unit in enumerate(_answer_units(hit, query)):
             key = squeeze(unit.text)
             # Two tables can differ only in columns the question does not name: same quote, quoted once.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .boilerplate import boilerplate_map
 from .chunking import CHUNKER_VERSION, Chunk, Chunker, ChunkerSettings
 from .dedup import find_duplicate_documents
 from .documents import Document, LoadFailure, load_corpus
@@ -189,7 +190,7 @@ def _embed(documents: list[Document], located: dict[str, list], infos: dict[str,
         units = unit_vectors[unit_offset:unit_offset + unit_count] if settings.sentence_vectors else None
         unit_offset += unit_count
         document = StoredDocument(d.source, d.sha256, d.text, infos[d.source], duplicates.get(d.source, []),
-                                  d.raw_line_starts)
+                                  d.raw_line_starts, boilerplate_map(d.text).spans())
         reports.append(ReportRecords(document, located[d.source], np.asarray(vectors[offset:offset + count]),
                                      units, owners[d.source]))
         offset += count

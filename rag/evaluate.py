@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from . import fitted
 from .api import ReportQA, Settings
-from .boilerplate import boilerplate_map
+from .boilerplate import notices_of
 from .chunking import ChunkerSettings
 from .errors import RagError
 from .results import Answer, Hit
@@ -241,7 +241,7 @@ def is_boilerplate_sentence(sentence: str, source: Hit | None) -> bool:
     if at < 0:
         return False  # a table row is quoted with its column names and is not notice text
     begin = source.chunk.start + at
-    return boilerplate_map(source.document.text).covers(begin, begin + len(sentence))
+    return notices_of(source.document).covers(begin, begin + len(sentence))
 
 
 def key_terms(reference: str, question: str, qa: ReportQA) -> set[str]:

@@ -79,7 +79,8 @@ from .versions import (
     write_manifest,
 )
 
-FORMAT_VERSION = 3  # 3: segments with deleted reports and per-report fingerprints (2: one segment)
+FORMAT_VERSION = 4  # 4: boilerplate spans recorded per report; 3: segments with deleted reports and
+# per-report fingerprints; 2: one segment
 BASE = "."  # the base segment's files are the version folder itself
 BM25_CACHE_SIZE = 8
 CHUNK_CACHE_SIZE = 65536
@@ -118,10 +119,9 @@ class _Segment:
         self.db = sqlite3.connect(f"file:{folder / 'meta.sqlite'}?mode=ro", uri=True, check_same_thread=False)
         self.lock = threading.Lock()
         self.documents: dict[str, StoredDocument] = {}
-        for source, sha, text, info, dups, line_starts in self.db.execute("SELECT * FROM documents"):
-            if source not in self.deleted:
-                self.documents[source] = StoredDocument(source, sha, text, ReportInfo(**json.loads(info)),
-                                                        json.loads(dups), json.loads(line_starts))
+        for row in self.db.execute("SELECT * FROM documents"):
+            if row[0] not in self.deleted:
+                self.documents[row[0]] = _document(row)
         self.spans = {source: (first, stop) for source, first, stop in
                       self.db.execute("SELECT source, first, stop FROM spans ORDER BY first, stop")}
         self.count, self.min_id, self.max_id = self.db.execute(
@@ -814,16 +814,16 @@ class EmbeddedWriter:
         db = sqlite3.connect(path)
         db.executescript("""
             CREATE TABLE documents (source TEXT PRIMARY KEY, sha256 TEXT, text TEXT, info TEXT,
-                                    duplicates TEXT, line_starts TEXT);
+                                    duplicates TEXT, line_starts TEXT, boilerplate TEXT);
             CREATE TABLE chunks (id INTEGER PRIMARY KEY, citation TEXT UNIQUE, source TEXT, start INTEGER,
                                  "end" INTEGER, text TEXT, heading TEXT, table_header TEXT, kind TEXT,
                                  line_start INTEGER, line_end INTEGER, page INTEGER);
             CREATE TABLE spans (source TEXT PRIMARY KEY, first INTEGER, stop INTEGER, fingerprint TEXT);
         """)
         documents = [r.document for r in reports]
-        db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)", [
+        db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)", [
             (d.source, d.sha256, d.text, json.dumps(asdict(d.info), ensure_ascii=False),
-             json.dumps(d.duplicates), json.dumps(d.line_starts)) for d in documents])
+             json.dumps(d.duplicates), json.dumps(d.line_starts), json.dumps(d.boilerplate)) for d in documents])
         db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [tuple(asdict(c).values()) for c in chunks])
         first = 0
@@ -859,14 +859,19 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def _document(row: tuple) -> StoredDocument:
+    """A report from its row in the documents table."""
+    source, sha, text, info, dups, line_starts, boilerplate = row
+    return StoredDocument(source, sha, text, ReportInfo(**json.loads(info)), json.loads(dups),
+                          json.loads(line_starts), [tuple(span) for span in json.loads(boilerplate)])
+
+
 def _read_report(segment: _Segment, source: str) -> ReportRecords:
     """One stored report with its vectors, as a build hands it to the writer (for merges)."""
     first, stop = segment.spans[source]
     doc = segment.row("SELECT * FROM documents WHERE source = ?", (source,))
     assert doc is not None
-    _, sha, text, info, dups, line_starts = doc
-    document = StoredDocument(source, sha, text, ReportInfo(**json.loads(info)), json.loads(dups),
-                              json.loads(line_starts))
+    document = _document(doc)
     rows = segment.rows(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE id >= ? AND id < ? ORDER BY id", (first, stop))
     chunks = [StoredChunk(*row) for row in rows]
     located = [(c.citation, Chunk(c.source, c.start, c.end, c.text, c.heading, c.table_header, c.kind),

@@ -76,6 +76,15 @@ def server_command(model: Path, host: str, port: int, context: int = 4096, threa
             "--host", host, "--port", str(port), "--n_ctx", str(context), "--n_threads", str(threads)]
 
 
+def start_failure_message(returncode: int) -> str:
+    """The user's message for a server that exited before it answered; SIGILL means a build for another CPU."""
+    if returncode == -signal.SIGILL:
+        return ("本地大模型服务因非法指令退出：llama-cpp-python 是为另一种 CPU 编译的，"
+                "请运行 `make llm` 为本机重新编译 / "
+                "llama server died with SIGILL: llama-cpp-python was built for another CPU; run `make llm`")
+    return f"本地大模型服务启动失败（退出码 {returncode}）/ llama server exited"
+
+
 def start_local_llm(name: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: int | None = None,
                     log_file: Path | None = None, timeout: float = START_TIMEOUT) -> LocalLLM:
     """Start the server for a bundled model and wait until it answers ``/v1/models``."""
@@ -92,7 +101,7 @@ def start_local_llm(name: str = DEFAULT_MODEL, host: str = "127.0.0.1", port: in
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RagError(f"本地大模型服务启动失败（退出码 {process.returncode}）/ llama server exited")
+            raise RagError(start_failure_message(process.returncode))
         try:
             with urllib.request.urlopen(f"{server.base_url}/models", timeout=2) as response:
                 if response.status == 200:

@@ -57,7 +57,7 @@ from .store import ReportRecords, Scored
 from .textnorm import fold
 from .tokenize import TOKENIZER_VERSION, Tokenizer, tokenizer_for
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: boilerplate spans recorded with each report
 BM25_K1, BM25_B = 1.5, 0.75  # bm25s' defaults, which the embedded store uses
 # The stored document-side weights depend on the average passage length; they are rewritten when a
 # build moves it by more than this (relative). Adding one report to millions of passages moves it far
@@ -447,6 +447,7 @@ class MilvusStore:
             self.documents: dict[str, StoredDocument] = {}
             for source, value in self._c.read_records("document").items():
                 value["info"] = ReportInfo(**value["info"])
+                value["boilerplate"] = [tuple(span) for span in value["boilerplate"]]
                 self.documents[source] = StoredDocument(**value)
             bm25 = self._c.read_record("bm25", "vocabulary") or {"terms": {}, "df": [], "passages": 0}
         except Exception as exc:

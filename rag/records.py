@@ -45,6 +45,9 @@ class StoredDocument:
     info: ReportInfo
     duplicates: list[str] = field(default_factory=list)
     line_starts: list[int] = field(default_factory=list, repr=False)
+    # The report's boilerplate lines as [start, end) character spans of ``text``, found at ingest
+    # (``rag.boilerplate``) and stored with the report, so no search recomputes them.
+    boilerplate: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     @property
     def label(self) -> str:

@@ -3,6 +3,8 @@ and still findable for questions about it. Runs on the seed reports with the tin
 
 from __future__ import annotations
 
+import re
+
 from conftest import CORPUS
 
 from rag.answer import AnswerSettings, compose_answer
@@ -10,7 +12,7 @@ from rag.boilerplate import BoilerplateMap, asks_about_boilerplate, boilerplate_
 from rag.evaluate import Question, answer_quality, numbers_in
 from rag.query import analyse
 from rag.results import Answer, Hit
-from rag.store import Store
+from rag.store import Store, open_store
 from rag.tables import quote_row
 
 ZHESHANG = "001_79922efeaeca942f.txt"
@@ -120,6 +122,25 @@ def test_boilerplate_that_matches_the_question_best_keeps_its_place(tiny_qa):
     assert hits[0].boilerplate and "阎贵成" in hits[0].chunk.text
     about = tiny_qa.search("中信建投的法律主体说明和分析师声明", top_k=3, mode="bm25").hits
     assert about[0].boilerplate
+
+
+def test_the_label_is_recorded_in_the_index_at_ingest(tiny_qa):
+    for source, document in tiny_qa.store.documents.items():
+        assert document.boilerplate == boilerplate_map(document.text).spans(), source
+    # A new store object reads the documents table from disk: the same label, no recomputation.
+    reloaded = open_store(tiny_qa.index_dir)
+    assert reloaded.documents[CSC].boilerplate == tiny_qa.store.documents[CSC].boilerplate != []
+
+
+def test_lines_repeated_across_reports_are_not_boilerplate_by_repetition():
+    # Reports reuse content lines (two seed reports carry the GPT-3 parameter row); repetition across
+    # reports is therefore no sign of a notice.
+    holders = [path.name for path in sorted(CORPUS.glob("*.txt"))
+               if "参数量1.2亿15.8亿1750亿" in re.sub(r"\s+", "", path.read_text(encoding="utf-8"))]
+    assert len(holders) >= 2
+    for name in holders:
+        rows = [flag for line, flag in _line_flags(name).items() if "15.8亿" in line and "1750亿" in line]
+        assert rows and not any(rows), name
 
 
 def notice_ids(store: Store) -> set[int]:

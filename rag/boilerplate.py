@@ -146,9 +146,18 @@ def boilerplate_map(text: str) -> BoilerplateMap:
     return BoilerplateMap(tuple(starts), tuple(ends))
 
 
+# Maps of recorded spans by (source, text hash): the spans are a function of the text, and a search asks for the
+# map of each candidate passage's report.
+_recorded: dict[tuple[str, str], BoilerplateMap] = {}
+
+
 def notices_of(document: StoredDocument) -> BoilerplateMap:
     """The boilerplate lines recorded for a stored report at ingest."""
-    return BoilerplateMap.from_spans(document.boilerplate)
+    key = (document.source, document.sha256)
+    found = _recorded.get(key)
+    if found is None:
+        found = _recorded[key] = BoilerplateMap.from_spans(document.boilerplate)
+    return found
 
 
 def passage_share(chunk: StoredChunk, document: StoredDocument) -> float:

@@ -53,7 +53,8 @@ class Query:
         """Share of the terms' total IDF weight found in folded, space-free text; 0 without terms. Terms
         that are part of a ``leave_out`` string (a name every passage carries, say) count on neither side."""
         left_out = tuple(leave_out)
-        weights = {term: w for term, w in self.weights.items() if not any(term in name for name in left_out)}
+        weights = ({term: w for term, w in self.weights.items() if not any(term in name for name in left_out)}
+                   if left_out else self.weights)
         total = sum(weights.values())
         return sum(w for term, w in weights.items() if term in folded_text) / total if total else 0.0
 

@@ -81,9 +81,8 @@ class Retriever:
             document = self.store.documents[c.chunk.source]
             share = share_beyond_issuer(query, self._folded(c.chunk.id), document)
             shares.append(share)
-            plain = fold_key(c.chunk.table_header + passage_plain_text(c.chunk, document))
-            demotable.append(self._is_boilerplate(c.chunk)
-                             and share_beyond_issuer(query, plain, document) < share)
+            demotable.append(self._is_boilerplate(c.chunk) and share_beyond_issuer(
+                query, fold_key(c.chunk.table_header + passage_plain_text(c.chunk, document)), document) < share)
         best_plain = max((share for share, flag in zip(shares, demotable, strict=True) if not flag), default=0.0)
         demoted = [flag and share <= best_plain for flag, share in zip(demotable, shares, strict=True)]
         return ([c for c, down in zip(ranked, demoted, strict=True) if not down]

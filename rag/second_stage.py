@@ -72,7 +72,7 @@ def signals(query: Query, head: Sequence[Candidate]) -> np.ndarray:
     rows = []
     for c in head:
         sentence = present(c.dense if c.sentence is None else c.sentence)
-        digit_share = sum(ch.isdigit() for ch in c.chunk.text) / max(1, len(c.chunk.text))
+        digit_share = sum(map(str.isdigit, c.chunk.text)) / max(1, len(c.chunk.text))
         rows.append((
             float(present(c.dense)), float(sentence), float(present(c.bm25)) / top_bm25, c.coverage,
             query.weighted_share(c.folded),

@@ -28,13 +28,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(index_dir: Path, questions_file: Path, split: str) -> dict[str, float]:
+def measure(index_dir: Path, questions_file: Path, split: str, model: str | None = None) -> dict[str, float]:
     """Median and 95th percentile of the query path without the embedding, and the embedding alone (ms)."""
     from rag.api import ReportQA
     from rag.evaluate import load_questions, percentile
 
     questions = [q.question for q in load_questions(questions_file, split)]
-    qa = ReportQA(index_dir=index_dir)
+    qa = ReportQA(index_dir=index_dir, model=model)
     qa.search("预热 warm-up", top_k=10)
     embedding = []
     for question in questions:
@@ -54,6 +54,8 @@ def run_in(tree: Path, args: argparse.Namespace) -> dict[str, float]:
     """One measurement in a fresh process running ``tree``'s code (this script, the same index and questions)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--json", "--index",
                str(args.index.resolve()), "--questions", str(args.questions.resolve()), "--split", args.split]
+    if args.model:
+        command += ["--model", args.model]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=ROOT / "index")
     parser.add_argument("--questions", type=Path, default=ROOT / "eval" / "questions.jsonl")
     parser.add_argument("--split", default="dev")
+    parser.add_argument("--model", help="the index's embedding model when it is not the bundled one")
     parser.add_argument("--baseline-tree", type=Path, help="another checkout to measure side by side")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
@@ -72,7 +75,8 @@ def main() -> None:
     if args.json:
         import rag  # the checkout on PYTHONPATH, when run for another tree
 
-        print(json.dumps({**measure(args.index, args.questions, args.split), "code": str(Path(rag.__file__).parent)}))
+        measured = measure(args.index, args.questions, args.split, args.model)
+        print(json.dumps({**measured, "code": str(Path(rag.__file__).parent)}))
         return
     trees = {"this checkout": ROOT}
     if args.baseline_tree:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT
 
 from rag.answer import NOT_FOUND
 from rag.cli import main
@@ -308,3 +311,20 @@ def test_answer_quotes_each_sentence_once(seed_qa, question):
     answer = compose_answer(found.analysed, found.hits, settings)
     quoted = [squeeze(part) for part in re.split(r"\[\d+\]", answer.text) if part.strip()]
     assert quoted and len(quoted) == len(set(quoted))
+
+
+def test_query_path_benchmark_runs_side_by_side(tiny_qa, tiny_model, tmp_path):
+    # benchmarks/query_path.py on the tiny index, against this same checkout as the "baseline".
+    questions = tmp_path / "questions.jsonl"
+    records = [{"id": f"q{i}", "split": "dev", "question": q, "answer": "", "evidence": [], "docs": [], "type": "fact"}
+               for i, q in enumerate(["GPT-3 的参数量是多少？", "昇腾910的算力"])]
+    questions.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8")
+    script = ROOT / "benchmarks" / "query_path.py"
+    done = subprocess.run([sys.executable, str(script), "--index", str(tiny_qa.index_dir), "--model", tiny_model,
+                           "--questions", str(questions), "--baseline-tree", str(ROOT), "--rounds", "1"],
+                          capture_output=True, text=True, timeout=600, check=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| this checkout", "| baseline"))]
+    assert len(rows) == 2
+    for row in rows:
+        rest_p50, rest_p95, embedding = (float(cell) for cell in row.strip("|").split("|")[1:4])
+        assert 0 < rest_p50 <= rest_p95 and embedding > 0

@@ -382,7 +382,9 @@ def cite_command(ctx, citation: str, context_chars: int, as_json: bool) -> None:
 @click.option("--conversations", "conversations_file", type=click.Path(path_type=Path), default=None,
               help="Evaluate follow-up questions instead: a conversation file (eval/conversations.jsonl).")
 @click.option("--answers", default=None, help="Compare answers instead: extractive,generated (needs an LLM).")
-@click.option("--llm-url", default=None, help="OpenAI-compatible base URL for --answers (default: $RAG_LLM_BASE_URL).")
+@click.option("--llm-url", default=None,
+              help="OpenAI-compatible base URL for --answers, and for --conversations to measure the LLM's "
+                   "rewrites of follow-ups (default: $RAG_LLM_BASE_URL).")
 @click.option("--resume", is_flag=True,
               help="With --answers: keep the answers recorded earlier for these questions and model, ask the rest.")
 @click.pass_context
@@ -402,7 +404,8 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, c
         qa = _qa(ctx)
         qa.build(log=lambda m: click.echo(m, err=True))
         conversations = evaluate.spread(evaluate.load_conversations(conversations_file, split), limit)
-        numbers = evaluate.evaluate_conversations(qa, conversations)
+        # With an LLM configured (--llm-url or $RAG_LLM_BASE_URL) its rewrites are measured beside the rule's.
+        numbers = evaluate.evaluate_conversations(qa, conversations, llm=evaluate.LLMConfig.from_env(llm_url))
         report = evaluate.conversations_report(numbers, split, str(conversations_file))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{datetime.date.today().isoformat()}-conversations-{split}.md").write_text(report, encoding="utf-8")

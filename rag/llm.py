@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import RagError
@@ -175,3 +175,32 @@ class LLMClient:
             if on_text is not None:
                 on_text(text)
         return text
+
+
+REWRITE_PROMPT = (
+    "你负责改写对话中的追问。根据前面的问题，把最后一个问题改写成一个不依赖上文、意思完全相同的独立问题："
+    "把代词（它、这家公司、该模型、上面提到的）和省略（那……呢）换成上文所指的对象。"
+    "只输出改写后的一个问题，不要回答它，不要解释。"
+)
+# A standalone question is short; a longer reply is an answer or an explanation, not a rewrite.
+REWRITE_MAX_CHARS = 120
+REWRITE_MAX_TOKENS = 96
+
+
+def rewrite_question(config: LLMConfig, history: list[str], question: str, fallback: str) -> str:
+    """The standalone form of ``question`` after the earlier turns ``history``, written by the LLM; ``fallback``
+    (the deterministic rewrite, ``rag.followup``) when the endpoint fails or replies with something else."""
+    earlier = "\n".join(f"{number}. {turn}" for number, turn in enumerate(history, start=1))
+    user = f"前面的问题：\n{earlier}\n\n最后一个问题：{question}\n\n独立问题："
+    system: ChatCompletionSystemMessageParam = {"role": "system", "content": REWRITE_PROMPT}
+    asking: ChatCompletionUserMessageParam = {"role": "user", "content": user}
+    try:
+        reply = "".join(LLMClient(replace(config, max_tokens=REWRITE_MAX_TOKENS)).stream([system, asking]))
+    except LLMError:
+        return fallback
+    lines = [line.strip().strip("\"'“”「」") for line in reply.strip().splitlines() if line.strip()]
+    rewritten = lines[0] if lines else ""
+    if not rewritten or len(rewritten) > REWRITE_MAX_CHARS:
+        return fallback
+    return rewritten
+

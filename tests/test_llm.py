@@ -218,3 +218,29 @@ def test_eval_answers_reports_both_kinds(tiny_qa, llm):
     resumed = evaluate_answers(tiny_qa, questions, llm, done=first, on_record=asked.append)
     assert [r["id"] for r in asked] == ["t2"] and resumed["questions"]["n"] == 2
     assert resumed["generated"]["shown_numbers_not_in_cited"] == 0
+
+
+def test_llm_rewrites_a_follow_up_or_falls_back(llm_server):
+    from rag.llm import REWRITE_MAX_CHARS, rewrite_question
+
+    config = LLMConfig(base_url=llm_server.base_url, timeout=300)
+    written = rewrite_question(config, ["GPT-3 的参数量是多少？"], "那GPT-4呢？", "GPT-4 的参数量是多少？")
+    assert written and "\n" not in written and len(written) <= REWRITE_MAX_CHARS
+    dead = LLMConfig(base_url="http://127.0.0.1:9/v1", timeout=5)
+    fallback = "GPT-4 的参数量是多少？"
+    assert rewrite_question(dead, ["GPT-3 的参数量是多少？"], "那GPT-4呢？", fallback) == fallback
+
+
+def test_conversation_eval_measures_the_llm_rewrites(tiny_qa, tiny_model, llm, tmp_path):
+    conversation = {"id": "c1", "split": "dev", "turns": [
+        {"question": QUESTION, "standalone": QUESTION, "evidence": ["1750亿"], "docs": [], "answer": "1750亿"},
+        {"question": "那GPT-2呢？", "standalone": "GPT-2 的参数量是多少？", "evidence": ["15.8亿"], "docs": [],
+         "answer": "15.8亿"}]}
+    conversations = tmp_path / "conversations.jsonl"
+    conversations.write_text(json.dumps(conversation, ensure_ascii=False) + "\n", encoding="utf-8")
+    outcome = CliRunner().invoke(main, ["--corpus", str(tiny_qa.corpus_dir), "--index", str(tiny_qa.index_dir),
+                                        "--model", tiny_model, "eval", "--conversations", str(conversations),
+                                        "--split", "dev", "--out", str(tmp_path / "out"), "--llm-url", llm.base_url])
+    assert outcome.exit_code == 0, outcome.output
+    assert "| follow-ups rewritten by the LLM | 1 |" in outcome.output
+    assert "The LLM's rewrite" in outcome.output

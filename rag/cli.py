@@ -404,8 +404,10 @@ def eval_command(ctx, questions_file, split, configs, limit, out_dir, as_json, c
         qa = _qa(ctx)
         qa.build(log=lambda m: click.echo(m, err=True))
         conversations = evaluate.spread(evaluate.load_conversations(conversations_file, split), limit)
+        from .llm import LLMConfig
+
         # With an LLM configured (--llm-url or $RAG_LLM_BASE_URL) its rewrites are measured beside the rule's.
-        numbers = evaluate.evaluate_conversations(qa, conversations, llm=evaluate.LLMConfig.from_env(llm_url))
+        numbers = evaluate.evaluate_conversations(qa, conversations, llm=LLMConfig.from_env(llm_url))
         report = evaluate.conversations_report(numbers, split, str(conversations_file))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{datetime.date.today().isoformat()}-conversations-{split}.md").write_text(report, encoding="utf-8")

@@ -644,10 +644,11 @@ def evaluate_conversations(qa: ReportQA, conversations: list[Conversation], dept
             rewritten = qa.search(turn.question, top_k=depth, history=asked)
             runs[FOLLOWUP_RUNS[2]][turn.id] = judged(rewritten.hits, turn, qa)
             reference = conversation.standalone[position]
-            exact.append(float(squeeze(rewritten.standalone or turn.question) == squeeze(reference)))
+            by_rule = rewritten.standalone or turn.question
+            exact.append(float(squeeze(by_rule) == squeeze(reference)))
             runs[FOLLOWUP_RUNS[3]][turn.id] = judged(qa.search(reference, top_k=depth).hits, turn, qa)
             if llm:
-                written = rewrite_question(llm, asked, turn.question, rewritten.standalone or turn.question)
+                written = rewrite_question(llm, asked, turn.question, by_rule)
                 runs[LLM_REWRITE_RUN][turn.id] = judged(qa.search(written, top_k=depth).hits, turn, qa)
                 llm_exact.append(float(squeeze(written) == squeeze(reference)))
     results: dict[str, dict[str, float | str]] = {}

@@ -98,8 +98,12 @@ def build_messages(question: str, hits: list[Hit]) -> list[ChatCompletionMessage
         if hit.chunk.kind == "table" and header:
             text = f"{header}\n{text}"
         passages.append(f"[{number}] {text}")
-    user = "段落：\n" + "\n\n".join(passages) + f"\n\n问题：{question}\n回答："
-    system: ChatCompletionSystemMessageParam = {"role": "system", "content": SYSTEM_PROMPT}
+    return _chat(SYSTEM_PROMPT, "段落：\n" + "\n\n".join(passages) + f"\n\n问题：{question}\n回答：")
+
+
+def _chat(instructions: str, user: str) -> list[ChatCompletionMessageParam]:
+    """A system message with ``instructions``, then the user's message."""
+    system: ChatCompletionSystemMessageParam = {"role": "system", "content": instructions}
     asking: ChatCompletionUserMessageParam = {"role": "user", "content": user}
     return [system, asking]
 
@@ -191,11 +195,9 @@ def rewrite_question(config: LLMConfig, history: list[str], question: str, fallb
     """The standalone form of ``question`` after the earlier turns ``history``, written by the LLM; ``fallback``
     (the deterministic rewrite, ``rag.followup``) when the endpoint fails or replies with something else."""
     earlier = "\n".join(f"{number}. {turn}" for number, turn in enumerate(history, start=1))
-    user = f"前面的问题：\n{earlier}\n\n最后一个问题：{question}\n\n独立问题："
-    system: ChatCompletionSystemMessageParam = {"role": "system", "content": REWRITE_PROMPT}
-    asking: ChatCompletionUserMessageParam = {"role": "user", "content": user}
+    messages = _chat(REWRITE_PROMPT, f"前面的问题：\n{earlier}\n\n最后一个问题：{question}\n\n独立问题：")
     try:
-        reply = "".join(LLMClient(replace(config, max_tokens=REWRITE_MAX_TOKENS)).stream([system, asking]))
+        reply = "".join(LLMClient(replace(config, max_tokens=REWRITE_MAX_TOKENS)).stream(messages))
     except LLMError:
         return fallback
     lines = [line.strip().strip("\"'“”「」") for line in reply.strip().splitlines() if line.strip()]
@@ -203,4 +205,3 @@ def rewrite_question(config: LLMConfig, history: list[str], question: str, fallb
     if not rewritten or len(rewritten) > REWRITE_MAX_CHARS:
         return fallback
     return rewritten
-

@@ -87,8 +87,16 @@ def load_seeds(seed_index: Path) -> dict:
     return {"passages": passages, "manifest": manifest, "tokenizer_words": manifest.get("user_words", [])}
 
 
-def generate(seeds: dict, count: int, noise: float, mix: float, rng: np.random.Generator, prefix: str = "r"):
-    """``count`` passages in reports of ``PASSAGES_PER_REPORT``: (ReportRecords list, token table)."""
+def report_count(count: int) -> int:
+    """How many generated reports hold ``count`` passages."""
+    return -(-count // PASSAGES_PER_REPORT)
+
+
+def generate(seeds: dict, count: int, noise: float, mix: float, seed: int, prefix: str = "r"):
+    """``count`` passages in reports of ``PASSAGES_PER_REPORT``, yielded report by report as
+    (ReportRecords, {passage text: its tokens}). Each report has its own random stream (``seed``, report
+    number), so the same arguments give the same reports in any process and nothing is kept: a million
+    passages' vectors (about 24 GB with their units) never sit in memory at once."""
     from rag.chunking import Chunk
     from rag.metadata import ReportInfo
     from rag.records import StoredDocument
@@ -98,11 +106,11 @@ def generate(seeds: dict, count: int, noise: float, mix: float, rng: np.random.G
     passages = seeds["passages"]
     pool = [(s, u) for sentences, units, _ in passages for s, u in zip(sentences, units, strict=True)]
     sentence_tokens: dict[str, list[str]] = {}
-    reports, tokens = [], {}
-    for report_no, first in enumerate(range(0, count, PASSAGES_PER_REPORT)):
+    for report_no in range(report_count(count)):
+        rng = np.random.default_rng([seed, report_no])
         source = f"{prefix}{report_no:06d}.txt"
-        size = min(PASSAGES_PER_REPORT, count - first)
-        chunks, bases, unit_bases, owners, offset = [], [], [], [], 0
+        size = min(PASSAGES_PER_REPORT, count - report_no * PASSAGES_PER_REPORT)
+        chunks, bases, unit_bases, owners, offset, tokens = [], [], [], [], 0, {}
         for position in range(size):
             sentences, units, vector = passages[int(rng.integers(len(passages)))]
             picked = []
@@ -125,9 +133,13 @@ def generate(seeds: dict, count: int, noise: float, mix: float, rng: np.random.G
         line_starts = [c[1].start for c in chunks]
         document = StoredDocument(source, hashlib.sha256(document_text.encode()).hexdigest(), document_text,
                                   ReportInfo(title=f"合成报告 {report_no}"), [], line_starts)
-        reports.append(ReportRecords(document, chunks, _noisy(np.vstack(bases), noise, rng),
-                                     _noisy(np.vstack(unit_bases), noise, rng), owners))
-    return reports, tokens
+        yield (ReportRecords(document, chunks, _noisy(np.vstack(bases), noise, rng),
+                             _noisy(np.vstack(unit_bases), noise, rng), owners), tokens)
+
+
+def extra_report(seeds: dict, noise: float, mix: float, seed: int):
+    """The report the update timings add (its own random stream), with its token table."""
+    return next(generate(seeds, PASSAGES_PER_REPORT, noise, mix, seed + 1, prefix="zz-new-"))
 
 
 def _seed_tokenizer(seeds: dict):
@@ -157,51 +169,79 @@ def questions(seeds: dict, count: int, noise: float, rng: np.random.Generator) -
     return [s[:QUESTION_CHARS] for s, _ in picked], _noisy(np.vstack([u for _, u in picked]), noise, rng)
 
 
+class _RunningTop:
+    """The best ``k`` (score, label) per question over scores arriving in blocks; ties keep arrival order,
+    as a stable sort of all scores at once would."""
+
+    def __init__(self, questions: int, k: int):
+        self.k = k
+        self.scores = np.zeros((questions, 0), dtype=np.float32)
+        self.labels = np.zeros((questions, 0), dtype=object)
+
+    def add(self, scores: np.ndarray, labels: list[str]) -> None:
+        """Merge a block of scores (questions × items) whose items carry ``labels``."""
+        merged = np.hstack([self.scores, scores.astype(np.float32)])
+        named = np.hstack([self.labels, np.broadcast_to(np.asarray(labels, dtype=object), scores.shape)])
+        best = np.argsort(-merged, axis=1, kind="stable")[:, :self.k]
+        self.scores = np.take_along_axis(merged, best, axis=1)
+        self.labels = np.take_along_axis(named, best, axis=1)
+
+    def lists(self) -> list[list[str]]:
+        """The labels of the best ``k``, best first, per question."""
+        return [list(row) for row in self.labels]
+
+
 def exact_truth(reports, vectors: np.ndarray, k: int = 10) -> tuple[list[list[str]], list[list[str]]]:
     """Citations of the exact top-``k`` passages and of the owners of the exact top-``k`` units, per question
-    (citations, not ids: updates renumber passages)."""
-    citations = [citation for r in reports for citation, *_ in r.chunks]
-    dense = np.vstack([r.vectors for r in reports])
-    top_passages = np.argsort(-(vectors @ dense.T), axis=1, kind="stable")[:, :k]
-    del dense
-    owners, first = [], 0
-    for r in reports:
-        owners.extend(first + o for o in r.unit_owner)
-        first += len(r.chunks)
-    owner = np.asarray(owners)
-    units = np.vstack([r.unit_vectors for r in reports])
-    scores = vectors @ units.T
-    top_units = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return ([[citations[i] for i in row] for row in top_passages],
-            [[citations[i] for i in owner[row]] for row in top_units])
+    (citations, not ids: updates renumber passages), by brute force over ``reports`` in one streaming pass."""
+    passages, units = _RunningTop(len(vectors), k), _RunningTop(len(vectors), k)
+    for report in reports:
+        citations = [citation for citation, *_ in report.chunks]
+        passages.add(vectors @ np.asarray(report.vectors).T, citations)
+        units.add(vectors @ np.asarray(report.unit_vectors).T, [citations[o] for o in report.unit_owner])
+    return passages.lists(), units.lists()
 
 
-def gone_source(reports) -> str:
+def gone_source(count: int) -> str:
     """The built report the build child deletes."""
-    return reports[len(reports) // 2].document.source
+    return f"r{report_count(count) // 2:06d}.txt"
 
 
-def after_updates(reports, extra):
+def after_updates(reports, count: int, extra):
     """The reports the index holds after the build child's add-one/delete-one (see ``child_build``)."""
-    gone = gone_source(reports)
-    return [r for r in reports if r.document.source != gone] + [extra]
+    gone = gone_source(count)
+    yield from (r for r, _ in reports if r.document.source != gone)
+    yield extra
 
 
 # -- children: build (in the configuration's tree) and search (in a fresh process) ---------------------------
 
 def child_build(args: argparse.Namespace) -> dict:
-    """Build the index of the pickled corpus, then add one new report and delete one built report (timed).
+    """Build the index of the generated corpus (regenerated here report by report), then add one new report
+    and delete one built report (timed).
 
     In this tree both are update sessions on the live index (a new segment; a deletion mark); the
     ``main`` tree can only rewrite its whole index, so there they are full commits. The search child
-    then measures the index as these updates left it."""
+    then measures the index as these updates left it. Timings are the sessions' ``add_report`` calls
+    plus ``commit``, not the generation."""
     with open(args.corpus_file, "rb") as handle:
         payload = pickle.load(handle)
     from rag import faiss_store
 
-    tokenizer = TableTokenizer(_seed_tokenizer(payload["seeds"]), payload["tokens"])
+    seeds, size = payload["seeds"], payload["size"]
+    table: dict[str, list[str]] = {}
+    tokenizer = TableTokenizer(_seed_tokenizer(seeds), table)
     index_dir = Path(args.index)
     shutil.rmtree(index_dir, ignore_errors=True)
+    manifest_base = {k: v for k, v in seeds["manifest"].items()}
+
+    def corpus():
+        for report, tokens in generate(seeds, size, payload["noise"], payload["mix"], payload["seed"]):
+            table.update(tokens)
+            yield report
+
+    extra, extra_tokens = extra_report(seeds, payload["noise"], payload["mix"], payload["seed"])
+    table.update(extra_tokens)
 
     def writer(update: bool = False):
         if args.config == "main":
@@ -214,30 +254,35 @@ def child_build(args: argparse.Namespace) -> dict:
                     "rewrite": replace(default_settings(), rewrite_below=2**62)}[args.config]
         return faiss_store.EmbeddedWriter(index_dir, payload["dimension"], tokenizer, ann=settings, update=update)
 
+    state: dict[str, str] = {}  # what the index holds after each commit: source -> sha256
+    commits: list[dict] = []
+
     def commit(reports, removed=(), update: bool = False) -> float:
         session = writer(update)
+        if not update:
+            state.clear()
+        seconds = 0.0
         for report in reports:
+            began = time.perf_counter()
             session.add_report(report)
+            seconds += time.perf_counter() - began
+            state[report.document.source] = report.document.sha256
         for source in removed:
             session.remove_report(source)
-        corpus = {r.document.source: r.document.sha256 for r in all_reports if r.document.source not in removed}
-        manifest = {**payload["seeds"]["manifest"], "built_at": time.time(), "corpus": corpus}
+            state.pop(source, None)
+        manifest = {**manifest_base, "built_at": time.time(), "corpus": dict(state)}
         began = time.perf_counter()
         session.commit(manifest)
-        seconds = time.perf_counter() - began
+        seconds += time.perf_counter() - began
         commits.append(getattr(session, "last_commit", {}))
         return seconds
 
-    reports, extra = payload["reports"], payload["extra"]
-    all_reports, commits = list(reports), []
-    result = {"build_s": commit(reports)}
+    result = {"build_s": commit(corpus())}
     if args.child_updates:
-        all_reports = reports + [extra]
-        gone = gone_source(reports)
+        gone = gone_source(size)
         if args.config == "main":  # its only way: rewrite everything
-            result["add_one_s"] = commit(all_reports)
-            all_reports = [r for r in all_reports if r.document.source != gone]
-            result["delete_one_s"] = commit(all_reports)
+            result["add_one_s"] = commit([*corpus(), extra])
+            result["delete_one_s"] = commit([r for r in [*corpus(), extra] if r.document.source != gone])
         else:
             result["add_one_s"] = commit([extra], update=True)
             result["delete_one_s"] = commit([], removed=[gone], update=True)
@@ -349,36 +394,32 @@ def recall(found: list[list[str]], truth) -> float:
 
 
 def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
-    """Generate ``size`` passages, build and search each configuration, compute recall."""
+    """Build and search each configuration on ``size`` generated passages, compute recall."""
     rng = np.random.default_rng(size)
     work = Path(args.work) / f"n{size}"
     work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     corpus_file, questions_file = work / "corpus.pkl", work / "questions.npz"
-    if args.reuse_corpus and corpus_file.exists() and questions_file.with_suffix(".json").exists():
-        # The same seeded generation, kept by an earlier run of this size (generating 100k takes minutes).
-        with open(corpus_file, "rb") as handle:
-            payload = pickle.load(handle)
-        reports, extra = payload["reports"], [payload["extra"]]
-        vectors = np.load(questions_file)["vectors"]
-        del payload
-        log(f"{size:,} passages: generated corpus reused from {corpus_file}")
-    else:
-        reports, tokens = generate(seeds, size, args.noise, args.mix, rng)
-        extra, extra_tokens = generate(seeds, PASSAGES_PER_REPORT, args.noise, args.mix, rng, prefix="zz-new-")
-        tokens.update(extra_tokens)
-        texts, vectors = questions(seeds, args.queries, args.noise, rng)
-        with open(corpus_file, "wb") as handle:
-            pickle.dump({"reports": reports, "extra": extra[0], "tokens": tokens, "dimension": vectors.shape[1],
-                         "seeds": {k: v for k, v in seeds.items() if k != "passages"}}, handle, protocol=5)
-        del tokens
-        np.savez(questions_file, vectors=vectors)
-        questions_file.with_suffix(".json").write_text(json.dumps({"questions": texts}, ensure_ascii=False),
-                                                       encoding="utf-8")
-    truth_passages, truth_units = exact_truth(after_updates(reports, extra[0]) if args.updates else reports, vectors)
-    units = sum(len(r.unit_owner) for r in reports)
-    del reports, extra
-    log(f"{size:,} passages, {units:,} units generated in {time.perf_counter() - began:.0f} s")
+    texts, vectors = questions(seeds, args.queries, args.noise, rng)
+    with open(corpus_file, "wb") as handle:  # what the build child regenerates the corpus from
+        pickle.dump({"seeds": seeds, "size": size, "noise": args.noise, "mix": args.mix, "seed": size,
+                     "dimension": vectors.shape[1]}, handle, protocol=5)
+    np.savez(questions_file, vectors=vectors)
+    questions_file.with_suffix(".json").write_text(json.dumps({"questions": texts}, ensure_ascii=False),
+                                                   encoding="utf-8")
+    counted = {"units": 0}
+
+    def reports():
+        for report, tokens in generate(seeds, size, args.noise, args.mix, size):
+            counted["units"] += len(report.unit_owner)
+            yield report, tokens
+
+    extra = extra_report(seeds, args.noise, args.mix, size)[0]
+    held = after_updates(reports(), size, extra) if args.updates else (r for r, _ in reports())
+    truth_passages, truth_units = exact_truth(held, vectors)
+    units = counted["units"]
+    log(f"{size:,} passages, {units:,} units generated, exact top-10 by brute force in "
+        f"{time.perf_counter() - began:.0f} s")
     result = {"passages": size, "units": units, "configs": {}}
     for config in args.configs:
         if config == "exact" and size > args.exact_max:
@@ -395,9 +436,8 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
         numbers["load_average_1min"] = os.getloadavg()[0]  # how busy the shared machine was
         result["configs"][config] = numbers
         log(f"  {config}: {json.dumps(_rounded(numbers), ensure_ascii=False)}")
-        shutil.rmtree(index, ignore_errors=True)
-    if not args.keep_corpus:
-        corpus_file.unlink()
+        if not args.keep_index:
+            shutil.rmtree(index, ignore_errors=True)
     return result
 
 
@@ -440,8 +480,7 @@ def main() -> None:
     parser.add_argument("--mix", type=float, default=0.3, help="chance a sentence is swapped for a random seed one")
     parser.add_argument("--no-updates", dest="updates", action="store_false", help="skip add-one/delete-one")
     parser.add_argument("--work", default="/tmp/rag-scale")
-    parser.add_argument("--keep-corpus", action="store_true", help="keep each size's generated corpus in --work")
-    parser.add_argument("--reuse-corpus", action="store_true", help="use a corpus an earlier run kept in --work")
+    parser.add_argument("--keep-index", action="store_true", help="keep each configuration's index in --work")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=["build", "search"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -467,6 +506,7 @@ def main() -> None:
         f"{args.noise}), renormalised; questions are seed sentence heads with noisy sentence vectors; "
         "BM25 tokens of generated passages are their seed sentences' jieba tokens. Query embedding excluded.")
     seeds = load_seeds(Path(args.seed_index))
+    seeds["manifest"] = {k: v for k, v in seeds["manifest"].items() if k not in ("files", "segments")}
     results = [run_size(_size(size), seeds, args, log) for size in args.sizes.split(",")]
     from rag.ann import default_settings
 

@@ -1,4 +1,5 @@
-"""Vector indexes for the embedded store: exact search for small corpora, IVF + 8-bit scalar quantisation above.
+"""Vector indexes for the embedded store: exact search for small corpora, IVF + 8-bit scalar quantisation
+above, IVF + product quantisation for the largest.
 
 A flat (exact) inner-product index answers a small corpus in microseconds and gives the exact
 scores retrieval was tuned on, so it is kept below a size threshold. Above it, an inverted-file
@@ -8,6 +9,12 @@ re-score every hit, so the scores handed to retrieval are exact cosines even whe
 list is approximate. A report filter over few passages skips the approximate index altogether and
 scores the allowed passages exactly.
 
+Scalar quantisation keeps one byte per dimension (768 bytes a vector): a million passages' sentence
+and table-row units (about seven million vectors) would need 5.4 GB of codes in every search
+process. Above ``pq_above`` vectors the inverted file holds product-quantisation codes instead
+(``pq_bytes`` bytes a vector, ``IndexIVFPQ``); their scores are coarser, so the search takes
+``pq_rescore_factor`` times as many candidates and the exact re-scoring picks the best of them.
+
 The threshold and the IVF parameters live in ``rag/data/scale.json`` with their provenance (the
 benchmark run that measured recall and latency: ``python benchmarks/scale.py``), not in code.
 """
@@ -16,7 +23,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -25,6 +33,7 @@ import numpy as np
 
 FLAT = "flat"
 IVF_SQ8 = "ivf_sq8"
+IVF_PQ = "ivf_pq"
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,10 @@ class AnnSettings:
     rewrite_below: int  # passages: an index smaller than this is rewritten whole on every commit (no segments)
     max_segments: int  # more small segments than this beside the base are merged into one
     merge_share: float  # small segments plus deleted passages above this share of all stored: rewrite whole
+    # Product quantisation; the defaults describe indexes written before it existed (never PQ).
+    pq_above: int = 2**62  # vectors: an approximate index with at least this many holds PQ codes, not SQ8
+    pq_bytes: int = 96  # bytes per PQ code (sub-quantisers of 8 bits; must divide the dimension)
+    pq_rescore_factor: int = 4  # a PQ search takes this many times k candidates for exact re-scoring
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as recorded in a manifest."""
@@ -55,13 +68,20 @@ class AnnSettings:
     def same_indexes(self, other: dict) -> bool:
         """Whether an index written with the settings ``other`` (a manifest's) has the vector indexes and
         IDF these settings would give it (the segment policy may differ)."""
-        shaping = ("exact_below", "lists_per_sqrt", "min_lists", "max_lists", "train_per_list", "idf_exact_below")
-        mine = self.as_dict()
-        return all(other.get(key) == mine[key] for key in shaping)
+        shaping = ("exact_below", "lists_per_sqrt", "min_lists", "max_lists", "train_per_list", "idf_exact_below",
+                   "pq_above", "pq_bytes")
+        mine, theirs = self.as_dict(), AnnSettings(**other).as_dict() if _complete(other) else other
+        return all(theirs.get(key) == mine[key] for key in shaping)
 
     def lists_for(self, count: int) -> int:
         """How many inverted lists an index of ``count`` vectors gets."""
         return int(min(self.max_lists, max(self.min_lists, round(self.lists_per_sqrt * math.sqrt(count)))))
+
+
+def _complete(recorded: dict) -> bool:
+    """Whether ``recorded`` (a manifest's settings) names every setting without a default."""
+    required = [f.name for f in fields(AnnSettings) if f.default is MISSING]
+    return all(name in recorded for name in required) and set(recorded) <= {f.name for f in fields(AnnSettings)}
 
 
 @lru_cache(maxsize=1)
@@ -79,8 +99,10 @@ def provenance() -> dict:
     return dict(_data()["provenance"])
 
 
-def build_index(vectors: np.ndarray, settings: AnnSettings, with_ids: bool) -> tuple[Any, str]:
-    """An index over ``vectors`` (ids 0..n-1) and its kind: flat below the threshold, IVF-SQ8 above.
+def build_index(vectors: np.ndarray, settings: AnnSettings, with_ids: bool,
+                progress: Callable[[int, int], None] | None = None) -> tuple[Any, str]:
+    """An index over ``vectors`` (ids 0..n-1) and its kind: flat below the threshold, IVF-SQ8 above,
+    IVF-PQ from ``pq_above``. ``progress(added, total)`` is called as an approximate index fills.
 
     ``with_ids`` wraps a flat index in ``IndexIDMap2`` (the passage index's format since format 1).
     """
@@ -98,29 +120,44 @@ def build_index(vectors: np.ndarray, settings: AnnSettings, with_ids: bool) -> t
     lists = settings.lists_for(count)
     quantizer = faiss.IndexFlatIP(dimension)
     # faiss's Python wrapper keeps the quantizer alive as long as the IVF index refers to it.
-    ivf = faiss.IndexIVFScalarQuantizer(quantizer, dimension, lists, faiss.ScalarQuantizer.QT_8bit,
-                                        faiss.METRIC_INNER_PRODUCT)
+    ivf: Any
+    if count >= settings.pq_above:
+        kind = IVF_PQ
+        ivf = faiss.IndexIVFPQ(quantizer, dimension, lists, settings.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        kind = IVF_SQ8
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, dimension, lists, faiss.ScalarQuantizer.QT_8bit,
+                                            faiss.METRIC_INNER_PRODUCT)
     sample_size = min(count, lists * settings.train_per_list)
     sample = vectors[np.sort(np.random.default_rng(0).choice(count, sample_size, replace=False))]
     ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
     for start in range(0, count, 65536):  # in slices: no second full-size copy of the vectors
         ivf.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
-    return ivf, IVF_SQ8
+        if progress is not None:
+            progress(min(count, start + 65536), count)
+    return ivf, kind
 
 
 def approximate_search(index: Any, exact: np.ndarray, query: np.ndarray, k: int, nprobe: int,
-                       allowed: np.ndarray | None = None, selector: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                       allowed: np.ndarray | None = None, selector: Any = None,
+                       rescore_factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Ids and exact cosines of the approximately best ``k`` vectors of an IVF index (optionally only
     ``allowed`` ids, or those a FAISS ``selector`` lets through); ``exact`` holds the float32 vectors
-    the hits are re-scored with."""
+    the hits are re-scored with. With ``rescore_factor`` > 1 the index is asked for that many times
+    ``k`` candidates and the ``k`` best by exact score are kept (best first, ties by id)."""
     import faiss
 
     if allowed is not None:
         selector = faiss.IDSelectorBatch(allowed)
     params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)  # type: ignore[call-arg]
-    _, ids = index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
+    wanted = k * max(1, rescore_factor)
+    _, ids = index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), wanted, params=params)
     found = ids[0][ids[0] >= 0]
-    return found, exact_scores(exact, query, found)
+    scores = exact_scores(exact, query, found)
+    if wanted > k:
+        best = np.lexsort((found, -scores))[:k]
+        found, scores = found[best], scores[best]
+    return found, scores
 
 
 def open_exact(path) -> np.ndarray:

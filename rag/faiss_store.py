@@ -29,6 +29,12 @@ marks replaced or removed reports deleted; too many small segments are merged, a
 happens when small segments and deletions grow past a share of the index (``rag/data/scale.json``).
 Until then, BM25 weights each segment's term scores by the IDF of the whole index, and passages
 stored earlier keep the tokens of the dictionary they were indexed with.
+
+A session does not hold the vectors it is handed in memory: ``add_report`` copies them into spool
+files in a hidden ``.spool-<pid>-…`` folder of the index and keeps memory-mapped views, so a build of
+a million passages (about 24 GB of float32 vectors with their units) needs memory for its texts
+only. The spool is removed when the session ends; one left by a killed process is removed by the
+next writer (``rag.versions.clean_leftovers``).
 """
 
 from __future__ import annotations
@@ -36,13 +42,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import sqlite3
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -52,6 +61,7 @@ import numpy as np
 from .aliases import AliasTable
 from .ann import (
     FLAT,
+    IVF_PQ,
     AnnSettings,
     approximate_search,
     build_index,
@@ -70,6 +80,7 @@ from .tokenize import TOKENIZER_VERSION, Tokenizer, tokenizer_for
 from .versions import (
     MANIFEST,
     REBUILD_HINT,
+    SPOOL_PREFIX,
     file_checksums,
     file_problems,
     manifest_of,
@@ -189,12 +200,16 @@ class _Segment:
                 best = top_k_stable(scores, limit)
                 return _ordered(ids[best], scores[best])
             ids, scores = approximate_search(self.dense, self.dense_exact, vector, limit, self.ann.nprobe, allowed,
-                                             selector=self._dense_selector)
+                                             self._dense_selector, self._factor(self.dense_kind))
             return _ordered(ids, scores)
         selector = self._dense_selector if allowed is None else faiss.IDSelectorBatch(allowed)
         params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         scores, ids = self.dense.search(vector[None, :].astype(np.float32), limit, params=params)
         return _ordered(ids[0], scores[0])
+
+    def _factor(self, kind: str) -> int:
+        """How many candidates per wanted hit an approximate index of ``kind`` is asked for."""
+        return self.ann.pq_rescore_factor if kind == IVF_PQ else 1
 
     def dense_scores(self, vector: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Cosines of ``vector`` with the local passages ``ids``, computed as the search computes them."""
@@ -219,7 +234,7 @@ class _Segment:
         limit = min(self.units.ntotal, k)
         if self.units_exact is not None:
             ids, scores = approximate_search(self.units, self.units_exact, vector, limit, self.ann.nprobe,
-                                             selector=self._units_selector)
+                                             None, self._units_selector, self._factor(self.units_kind))
             order = np.lexsort((ids, -scores))
             return Scored(self.unit_owner[ids[order]].astype(np.int64), scores[order])
         params = None if self._units_selector is None else faiss.SearchParameters(sel=self._units_selector)  # type: ignore[call-arg]
@@ -575,6 +590,56 @@ class _Previous:
     spans: list[dict[str, tuple[int, int]]] = field(default_factory=list)  # per segment, every report
 
 
+class _VectorSpool:
+    """Vectors handed to a write session, kept in files of a hidden folder in the index instead of in
+    memory. The files are memory-mapped in extents of at least ``EXTENT`` bytes (one mapping, one file
+    descriptor per extent, not per report); ``keep`` copies an array in and returns a read-only view."""
+
+    EXTENT = 1 << 30
+
+    def __init__(self, index_dir: Path):
+        self.index_dir = index_dir
+        self.folder: Path | None = None
+        self._extents: list[mmap.mmap] = []
+        self._used = 0
+        self._finalizer: Any = None
+
+    def keep(self, vectors: np.ndarray | None) -> np.ndarray | None:
+        """``vectors`` as float32, backed by the spool (empty and missing arrays are returned as they are)."""
+        if vectors is None or not len(vectors):
+            return vectors
+        array = np.asarray(vectors, dtype=np.float32)
+        if not self._extents or self._used + array.nbytes > len(self._extents[-1]):
+            self._new_extent(max(self.EXTENT, array.nbytes))
+        view: np.ndarray = np.ndarray(array.shape, dtype=np.float32, buffer=self._extents[-1], offset=self._used)
+        view[...] = array
+        view.flags.writeable = False
+        self._used += -(-array.nbytes // 64) * 64  # the next array starts aligned
+        return view
+
+    def _new_extent(self, size: int) -> None:
+        if self.folder is None:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+            self.folder = self.index_dir / f"{SPOOL_PREFIX}{os.getpid()}-{time.time_ns()}"
+            self.folder.mkdir()
+            # Also removed when the session is dropped without committing.
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        descriptor = os.open(self.folder / f"{len(self._extents)}.f32", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(descriptor, size)  # sparse: only what is written takes disk space
+            self._extents.append(mmap.mmap(descriptor, size))
+        finally:
+            os.close(descriptor)
+        self._used = 0
+
+    def close(self) -> None:
+        """Remove the spool files; views already handed out stay readable until they are dropped (the
+        mappings outlive the names)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._extents, self._finalizer, self.folder = [], None, None
+
+
 class EmbeddedWriter:
     """A write session: reports are collected, ``commit`` publishes a new version.
 
@@ -595,11 +660,15 @@ class EmbeddedWriter:
         self.reuse = reuse
         self.reports: dict[str, ReportRecords] = {}
         self.removed: set[str] = set()
+        self.spool = _VectorSpool(index_dir)
         self.last_commit: dict[str, Any] = {}  # what the last commit did (for logs and benchmarks)
 
     def add_report(self, report: ReportRecords) -> None:
-        """Add or replace one report."""
-        self.reports[report.document.source] = report
+        """Add or replace one report (its vectors go to the session's spool file, not memory)."""
+        vectors = self.spool.keep(report.vectors)
+        assert vectors is not None
+        self.reports[report.document.source] = replace(report, vectors=vectors,
+                                                       unit_vectors=self.spool.keep(report.unit_vectors))
         self.removed.discard(report.document.source)
 
     def remove_report(self, source: str) -> None:
@@ -608,7 +677,14 @@ class EmbeddedWriter:
         self.removed.add(source)
 
     def commit(self, manifest: dict) -> None:
-        """Write the changed files of a new version into a hidden folder, then publish it atomically."""
+        """Write the changed files of a new version into a hidden folder, then publish it atomically; the
+        session's spool is removed either way."""
+        try:
+            self._commit(manifest)
+        finally:
+            self.spool.close()
+
+    def _commit(self, manifest: dict) -> None:
         previous = self._previous(manifest) if self.reuse else None
         if previous is None:
             if self.update and resolve_live(self.index_dir) is not None:

@@ -32,6 +32,7 @@ from .model_fetch import sha256_of
 CURRENT = "current"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+SPOOL_PREFIX = ".spool-"  # a write session's vectors: .spool-<pid>-<ns> (rag.faiss_store)
 REBUILD_HINT = "请运行 `rag index` 重新建立索引 / run `rag index` to (re)build it"
 
 
@@ -123,10 +124,27 @@ def clean_leftovers(index_dir: Path, keep: set[str]) -> list[str]:
         if entry.name.startswith(".current-") and (entry.is_symlink() or entry.is_file()):
             entry.unlink(missing_ok=True)
             removed.append(entry.name)
-        elif entry.is_dir() and not entry.is_symlink() and entry.name.startswith(("v-", ".build-")):
+        elif entry.is_dir() and not entry.is_symlink() and (
+                entry.name.startswith(("v-", ".build-")) or _abandoned_spool(entry.name)):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
     return removed
+
+
+def _abandoned_spool(name: str) -> bool:
+    """Whether ``name`` is the spool folder of a write session whose process is gone."""
+    if not name.startswith(SPOOL_PREFIX):
+        return False
+    pid = name[len(SPOOL_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @contextmanager

@@ -7,13 +7,17 @@ paths run on real text, real FAISS and real bm25s in a few seconds.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rag.ann import FLAT, IVF_SQ8, default_settings, provenance, top_k_stable
+from rag.ann import FLAT, IVF_PQ, IVF_SQ8, default_settings, provenance, top_k_stable
 from rag.api import ReportQA
 from rag.chunking import Chunk
 from rag.faiss_store import EmbeddedStore, EmbeddedWriter
@@ -346,3 +350,71 @@ def test_a_crash_while_adding_a_report_loses_nothing(exact_qa, seed_records, tmp
 def test_the_seed_build_is_one_segment(exact_qa):
     store = exact_qa.store
     assert [(e["path"], e["offset"], e["deleted"]) for e in store.manifest["segments"]] == [(".", 0, [])]
+
+
+# -- the largest indexes: product quantisation, and a writer that keeps vectors out of memory ------------------
+
+def test_the_largest_indexes_hold_pq_codes_and_return_exact_scores(exact_qa, tmp_path):
+    exact = exact_qa.store
+    pq = _rewrite(exact, tmp_path / "pq", exact_below=1, min_lists=4, max_lists=4, train_per_list=100, nprobe=4,
+                  pq_above=1, pq_bytes=8, pq_rescore_factor=4)
+    assert pq.manifest["indexes"] == {"dense": IVF_PQ, "units": IVF_PQ}
+    vectors = exact.dense.reconstruct_n(0, len(exact))  # type: ignore[attr-defined]
+    for chunk_id in range(0, len(exact), 41):
+        top = pq.dense_top_k(vectors[chunk_id], 5)
+        assert len(top.ids) == 5 and list(top.scores) == sorted(top.scores, reverse=True)
+        assert np.allclose(top.scores, vectors[top.ids] @ vectors[chunk_id], atol=1e-5)  # re-scored exactly
+        # All lists scanned, 4x candidates re-scored: the stored vector finds itself or a near-copy.
+        assert chunk_id in top.ids or top.scores[0] >= vectors[chunk_id] @ vectors[chunk_id] - 1e-3
+    units = pq.unit_top_k(vectors[3], 20)
+    reference = exact.unit_top_k(vectors[3], 20)
+    assert np.isclose(units.scores[0], reference.scores[0], atol=1e-5)
+    # A PQ index written by older settings (no PQ) is not reused: the settings say what the files are.
+    assert not default_settings().same_indexes(pq.manifest["ann"])
+    old = {k: v for k, v in default_settings().as_dict().items() if not k.startswith("pq_")}
+    assert replace(default_settings(), pq_above=2**62).same_indexes(old)
+
+
+def test_a_write_session_keeps_vectors_in_a_spool_not_in_memory(exact_qa, seed_records, tmp_path):
+    exact = exact_qa.store
+    index_dir = tmp_path / "index"
+    writer = _writer(index_dir, exact, update=False, **SEGMENTED)
+    for report in seed_records.values():
+        writer.add_report(report)
+    kept = next(iter(writer.reports.values()))
+    assert not kept.vectors.flags.owndata and not kept.vectors.flags.writeable  # a view of the spool's mapping
+    spools = list(index_dir.glob(".spool-*"))
+    assert len(spools) == 1 and spools[0].name.startswith(f".spool-{os.getpid()}-")
+    writer.commit(_manifest(exact))
+    assert not list(index_dir.glob(".spool-*"))  # removed with the session
+    store = EmbeddedStore(index_dir)
+    assert np.allclose(store.unit_vectors(5), exact.unit_vectors(5))
+    assert np.allclose(store.dense.reconstruct(7), exact.dense.reconstruct(7))  # type: ignore[attr-defined]
+
+    # A session killed while adding reports leaves its spool behind; the next writer removes it (its process
+    # is gone), but not the spool of a live session.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    (index_dir / f".spool-{dead}-1").mkdir()
+    (index_dir / f".spool-{dead}-1" / "0.f32").write_bytes(b"\0" * 64)
+    live_session = _writer(index_dir, exact, update=True, **SEGMENTED)
+    live_session.add_report(seed_records[sorted(seed_records)[0]])
+    _commit(index_dir, exact, [seed_records[sorted(seed_records)[1]]], update=True)
+    assert [p.name for p in index_dir.glob(".spool-*")] == [live_session.spool.folder.name]
+    live_session.commit(_manifest(exact))
+    assert not list(index_dir.glob(".spool-*"))
+
+
+def test_the_scale_benchmark_runs_on_a_small_generated_corpus(exact_qa, tmp_path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
+    done = subprocess.run([sys.executable, str(script), "--seed-index", str(exact_qa.index_dir), "--sizes", "700",
+                           "--configs", "scaled", "--queries", "8", "--work", str(tmp_path), "--json"],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generated data" in done.stderr
+    result = json.loads(done.stdout)["results"][0]
+    numbers = result["configs"]["scaled"]
+    assert result["passages"] == 700 and result["units"] > 700
+    assert numbers["added_found"] and numbers["deleted_gone"]
+    # 700 passages are far below the approximate threshold: the store is exact, so recall must be 1.
+    assert numbers["dense_recall@10"] == 1.0 and numbers["unit_recall@10"] == 1.0

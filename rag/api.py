@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .answer import AnswerSettings, compose_answer
 from .answerability import TOP_PASSAGES
-from .build import BuildReport, build_index
+from .build import BuildReport, build_index, update_index
 from .chunking import ChunkerSettings
 from .cite import CitationView, find_phrase, lookup
 from .documents import REPLACED_DIR, SUPPORTED_SUFFIXES, file_sha256, load_document, max_file_bytes
@@ -126,11 +126,15 @@ class ReportQA:
             report = build_index(self.corpus_dir, self.index_dir, self.embedder, self.settings.chunker,
                                  cache=self.cache or EmbeddingCache(), force=force, progress=progress, log=log,
                                  write_metadata=write_metadata, store=self.store_location)
-            # Replaced uploads were kept only until a build indexed what replaced them.
-            shutil.rmtree(self.corpus_dir / REPLACED_DIR, ignore_errors=True)
-        with self._lock:
-            self._store = self._retriever = None  # reloaded on next use; the old index served queries meanwhile
+            self._built()
         return report
+
+    def _built(self) -> None:
+        """After a build or update: replaced uploads were kept only until it indexed what replaced them;
+        the store is reloaded on next use (the old index served queries meanwhile)."""
+        shutil.rmtree(self.corpus_dir / REPLACED_DIR, ignore_errors=True)
+        with self._lock:
+            self._store = self._retriever = None
 
     @property
     def building(self) -> bool:
@@ -297,7 +301,7 @@ class ReportQA:
             # The upload is new content: whatever metadata.json said about an earlier file of
             # this name (a replaced or deleted report) no longer describes it.
             forget_report(self.corpus_dir, safe_name)
-        return self.build(progress=progress)
+        return self._update([safe_name], [], progress)
 
     def remove_report(self, name: str, progress=None) -> BuildReport:
         """Delete a report file from the corpus and rebuild the index without it.
@@ -317,6 +321,18 @@ class ReportQA:
                    for p in self.corpus_dir.iterdir() if p.is_file()):  # an index needs one report
             raise RagError(f"{safe_name} 是语料中唯一的报告，不能删除 / cannot remove the only report")
         target.unlink()
+        return self._update([], [safe_name], progress)
+
+    def _update(self, changed: list[str], removed: list[str], progress=None) -> BuildReport:
+        """Index the reports just added, replaced or removed: only they are read and embedded when the
+        index is large enough to be kept in segments (``rag.build.update_index``), else a build."""
+        with self._build_lock:
+            report = update_index(self.corpus_dir, self.index_dir, self.embedder, self.settings.chunker, changed,
+                                  removed, cache=self.cache or EmbeddingCache(), progress=progress,
+                                  store=self.store_location, metadata_of_changed_only=True)
+            if report is not None:
+                self._built()
+                return report
         return self.build(progress=progress)
 
     @staticmethod

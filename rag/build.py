@@ -4,6 +4,11 @@ Embeddings are cached by content hash outside the index (``rag.embed.EmbeddingCa
 rebuild only embeds passages whose text changed, and a crash mid-build loses nothing already
 embedded. The store's write session publishes the new version in one step, so the previous index
 stays usable until then.
+
+Adding or removing single reports (an upload in the UI or through the HTTP API) on a large embedded
+index goes through ``update_index`` instead: only the named reports are read, chunked and embedded,
+and a store update session writes them as a new segment, so the cost follows the report, not the
+archive (see ``update_index`` for what it leaves to the next full build).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .ann import default_settings
 from .boilerplate import boilerplate_map
 from .chunking import CHUNKER_VERSION, Chunk, Chunker, ChunkerSettings
 from .dedup import find_duplicate_documents
-from .documents import Document, LoadFailure, load_corpus
+from .documents import Document, LoadFailure, load_corpus, load_document, scan_corpus
 from .embed import Embedder, EmbeddingCache, embed_with_cache
 from .errors import RagError
 from .metadata import ReportInfo, detect_info, load_metadata, merge_info, metadata_path, save_metadata
@@ -156,6 +162,99 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
     return BuildReport(where, len(documents), chunk_count, records.embedded,
                        records.texts - records.embedded, time.perf_counter() - began, failures=failures,
                        duplicates=duplicates)
+
+
+def update_index(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings: ChunkerSettings | None,
+                 changed: list[str], removed: list[str], cache: EmbeddingCache | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 log: Callable[[str], None] = lambda message: None, store: str | None = None,
+                 metadata_of_changed_only: bool = False) -> BuildReport | None:
+    """Bring a large embedded index up to date after the reports ``changed`` (added or replaced files of
+    ``corpus_dir``) and ``removed`` (deleted files), touching only them; None when that is not possible
+    here and a full ``build_index`` is needed (a Milvus store, an index below the segment threshold,
+    which is rewritten whole anyway, other model, chunker or tokenizer, or ``metadata.json`` edited
+    since the build, unless the caller changed only the entries of ``changed``).
+
+    What it leaves to the next full build: the jieba dictionary only grows (names from the new reports
+    are added; those of removed reports stay), and a new report's duplicates are found by identical file
+    content only (near-duplicates need every report's text).
+    """
+    began = time.perf_counter()
+    settings = settings or ChunkerSettings()
+    location = store_setting(store)
+    if location != "faiss":
+        return None
+    with writer_lock(index_dir, log):
+        manifest = store_manifest(index_dir, location)
+        wanted = {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
+                  "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION}
+        if not manifest or any(manifest.get(k) != v for k, v in wanted.items()):
+            return None
+        if manifest.get("chunks", 0) < default_settings().rewrite_below:
+            return None
+        metadata_file = metadata_path(corpus_dir)
+        if (not metadata_of_changed_only and metadata_file.exists()
+                and metadata_file.stat().st_mtime > manifest.get("built_at", 0)):
+            return None
+        files = {f.name: f for f in scan_corpus(corpus_dir)[0]}
+        documents: list[Document] = []
+        failures = [LoadFailure(f["source"], f["reason"]) for f in manifest.get("failures", [])
+                    if f["source"] not in changed and f["source"] not in removed]
+        for name in changed:
+            try:
+                documents.append(load_document(files[name].path, source=name))
+            except KeyError:
+                failures.append(LoadFailure(name, "文件不存在或已被跳过 / file missing or skipped"))
+            except RagError as exc:
+                failures.append(LoadFailure(name, str(exc)))
+        gone = set(removed) | {name for name in changed if name not in {d.source for d in documents}}
+        corpus = {s: sha for s, sha in manifest["corpus"].items() if s not in gone}
+        corpus.update({d.source: d.sha256 for d in documents})
+        if not corpus:
+            raise RagError(f"语料目录中没有可用的报告 / no usable report in {corpus_dir}")
+        user_words = sorted(set(manifest.get("user_words", [])) | corpus_terms(d.text for d in documents))
+        tokenizer = tokenizer_for(user_words)
+        new = {d.source for d in documents}
+        duplicates = _identical_reports(corpus, manifest.get("duplicates", {}), new)
+        among_new = {s: [o for o in others if o in new] for s, others in duplicates.items() if s in new}
+        infos = _corpus_infos(corpus_dir, documents, {s: o for s, o in among_new.items() if o}, False)
+        chunker = Chunker(settings, tokenizer)
+        located = {d.source: _located(d, chunker.chunk(d.source, d.text)) for d in documents}
+        log(f"{len(documents)} reports added or replaced, {len(gone - {d.source for d in documents})} removed, "
+            f"{sum(len(v) for v in located.values())} new passages")
+        records = _embed(documents, located, infos, duplicates, settings, embedder, cache or EmbeddingCache(),
+                         progress)
+        writer = store_writer(index_dir, embedder.dimension, tokenizer, location, log=log, update=True)
+        for report in records.reports:
+            writer.add_report(report)
+        for source in gone:
+            writer.remove_report(source)
+        try:
+            writer.commit({**manifest, **wanted, "corpus": corpus, "built_at": time.time(),
+                           "user_words": user_words, "duplicates": duplicates,
+                           "failures": [{"source": f.source, "reason": f.reason} for f in failures]})
+        except RagError:
+            return None  # the live index cannot lend its segments: a full build rewrites it
+        written = store_manifest(index_dir, location) or {}
+    return BuildReport(str(index_dir), len(corpus), written.get("chunks", 0), records.embedded,
+                       records.texts - records.embedded, time.perf_counter() - began, failures=failures,
+                       duplicates=duplicates)
+
+
+def _identical_reports(corpus: dict[str, str], previous: dict[str, list[str]], new: set[str]) -> dict[str, list[str]]:
+    """The duplicate lists after an update: ``previous`` without reports that are gone or replaced, plus
+    each new report's twins by identical content (``corpus`` maps report to file SHA-256)."""
+    kept = {s: [o for o in others if o in corpus and o not in new] for s, others in previous.items()
+            if s in corpus and s not in new}
+    for source in sorted(new):
+        twins = [other for other, sha in corpus.items() if sha == corpus[source] and other != source]
+        if twins:
+            kept[source] = sorted(twins)
+            for other in twins:
+                kept.setdefault(other, [])
+                if source not in kept[other]:
+                    kept[other] = sorted(kept[other] + [source])
+    return {s: others for s, others in sorted(kept.items()) if others}
 
 
 @dataclass

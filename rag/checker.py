@@ -11,7 +11,8 @@ For every sentence of the model's answer:
    (麦肯锡's "人工智能整体将为全球经济带来高达25.6万亿美元……，而其中来自GenAI的贡献高达7.9万亿美元":
    "生成式AI贡献25.6万亿美元" fails, 贡献 belongs to 7.9; where both clauses hold such terms, neither
    number passes alone: the checker cannot tell GenAI is 生成式AI, and an unverified number is never shown);
-2. the sentence must be close to the passage in embedding space: its best cosine with a sentence or
+2. the sentence must state something (a remark such as "根据段落中的信息。" claims nothing, however close
+   it is to the passages) and be close to the passage in embedding space: its best cosine with a sentence or
    row of the cited passage at least ``min_similarity`` (fitted on dev, ``rag/data/fitted.json``).
 
 A sentence's citations are the passages that pass both checks (the model's own ``[n]`` markers are
@@ -52,6 +53,12 @@ _CLAUSE_BREAK = re.compile(r"[，,；;。！？!?、()（）\t]")
 # What a number counts: a percentage, a magnitude with its currency (万亿美元, 亿元, 亿), or a counting
 # word (年, 倍, 家); anything else is a bare number, which has no rivals.
 _DATE_PARTS = {"年", "月", "日"}
+# A remark about the passages themselves ("根据段落中的信息。") is close to any passage in embedding space and
+# claims nothing: words about the source and the answer, and function characters, are not content.
+_ABOUT_THE_SOURCE = re.compile(r"根据|依据|按照|段落|文中|上文|原文|文本|材料|资料|信息|内容|描述|以上|上述|所述|如下|"
+                               r"可知|可见|看出|提到|指出|表明|总结|综上|总之|回答|答案|问题")
+_FUNCTION_CHARS = re.compile(r"[的中了在和与及等为是有所从对于此这那其之可以]")
+_CONTENT = re.compile(r"[\u4e00-\u9fffA-Za-z0-9]")
 _MEASURE = re.compile(r"\s*([%‰]|[十百千万亿兆]+(?:美元|元|人民币)?|美元|元|[年月日倍个家台次名款])")
 
 
@@ -269,6 +276,16 @@ class CheckerSettings:
 Encode = Callable[[list[str]], np.ndarray]
 
 
+def says_something(sentence: str) -> bool:
+    """Whether ``sentence`` states anything beyond a remark about the passages or the answer (at least two
+    characters of content once source words, generic words and function characters are set aside)."""
+    rest = _ABOUT_THE_SOURCE.sub("", _MARKER.sub("", sentence))
+    for word in _GENERIC:
+        rest = rest.replace(word, "")
+    rest = _FUNCTION_CHARS.sub("", rest)
+    return len(_CONTENT.findall(rest)) >= 2
+
+
 def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
                     settings: CheckerSettings | None = None) -> list[SentenceCheck]:
     """Check every sentence of ``answer`` against ``hits`` (see the module docstring).
@@ -293,8 +310,8 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
         check.numbers = [n for n in figures_of(text) if n not in question_numbers]
         names = [name for name in names_of(text) if name not in question_names]  # the question's own are its subject
         claim = Claim.of(text, query, check.numbers)
-        if vectors is None:
-            check.reason = "no passages"
+        if vectors is None or not says_something(text):
+            check.reason = "no passages" if vectors is None else "states nothing (a remark about the passages)"
             checks.append(check)
             continue
         sentence_vector = vectors[position]

@@ -103,3 +103,18 @@ def test_digits_of_a_name_are_no_figure():
     assert figures_of("阿里巴巴，M6。") == [] and names_of("阿里巴巴，M6。") == ["m6"]
     assert figures_of("GPT-4的参数量为1,750亿，A100 GPU") == ["1750"]
     assert names_of("GPT-4 与 A100") == ["gpt4", "a100"]
+
+
+def test_a_remark_about_the_passages_states_nothing():
+    from rag.checker import says_something
+
+    assert not says_something("根据段落中的信息。")
+    assert not says_something("以上是报告中的相关内容。[2]")
+    assert says_something("英伟达[1]") and says_something("源1.0 参数量为245.7亿。")
+    assert says_something("根据段落，华为海思的昇腾910在半精度下可以达到320TFLOPS的计算速度。")
+
+
+def test_a_remark_is_never_verified(tiny_qa):
+    found = tiny_qa.search(QUESTION, top_k=5)
+    checks = check_sentences(found.analysed, found.hits, "根据段落中的信息。", tiny_qa.embedder.embed_documents)
+    assert len(checks) == 1 and not checks[0].verified and "states nothing" in (checks[0].reason or "")

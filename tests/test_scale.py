@@ -418,3 +418,42 @@ def test_the_scale_benchmark_runs_on_a_small_generated_corpus(exact_qa, tmp_path
     assert numbers["added_found"] and numbers["deleted_gone"]
     # 700 passages are far below the approximate threshold: the store is exact, so recall must be 1.
     assert numbers["dense_recall@10"] == 1.0 and numbers["unit_recall@10"] == 1.0
+
+
+def test_an_upload_to_a_large_index_reads_and_embeds_only_that_report(tiny_model, tmp_path, monkeypatch):
+    from rag import build, faiss_store
+    from rag.documents import file_sha256
+    from tests.conftest import CORPUS, SEED_FILES
+
+    segmented = replace(default_settings(), **SEGMENTED)  # the seed reports count as a large index here
+    monkeypatch.setattr(build, "default_settings", lambda: segmented)
+    monkeypatch.setattr(faiss_store, "default_settings", lambda: segmented)
+    first, last = sorted(SEED_FILES)[:4], sorted(SEED_FILES)[4]
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", first), index_dir=tmp_path / "index", model=tiny_model)
+    qa.build()
+    parsed: list[str] = []
+    real_load = build.load_document
+    monkeypatch.setattr(build, "load_document", lambda path, source=None: parsed.append(source) or real_load(
+        path, source=source))
+
+    added = qa.add_report(CORPUS / last)
+    store = qa.store
+    assert parsed == [last] and not added.skipped  # only the new report was read
+    assert added.documents == 5 and sorted(store.documents) == sorted(SEED_FILES)
+    own_texts = len(store.chunks_of(last)) + sum(len(store.unit_vectors(c.id)) for c in store.chunks_of(last))
+    assert added.embedded + added.reused == own_texts  # nothing of the other reports was embedded again
+    assert [e["path"] == "." for e in store.manifest["segments"]] == [True, False]  # a new segment, no rewrite
+    assert store.manifest["corpus"] == {name: file_sha256(CORPUS / name) for name in SEED_FILES}
+    passage = store.chunks_of(last)[3]
+    assert passage.id in qa.store.allowed_ids([last]).tolist()
+    assert passage.id in store.bm25_top_k(store.tokenizer.tokens(passage.text), 3).ids.tolist()
+
+    removed = qa.remove_report(first[0])
+    store = qa.store
+    assert parsed == [last] and removed.documents == 4 and first[0] not in store.documents
+    assert first[0] not in store.manifest["corpus"] and not store.allowed_ids([first[0]]).size
+    assert store.manifest["segments"][0]["deleted"] == [first[0]]
+
+    # The same upload to a small index (the default threshold) is a full build, as before.
+    monkeypatch.setattr(build, "default_settings", default_settings)
+    assert build.update_index(qa.corpus_dir, qa.index_dir, qa.embedder, qa.settings.chunker, [last], []) is None

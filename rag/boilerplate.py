@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -148,16 +149,25 @@ def boilerplate_map(text: str) -> BoilerplateMap:
 
 # Maps of recorded spans by (source, text hash): the spans are a function of the text, and a search asks for the
 # map of each candidate passage's report.
-_recorded: dict[tuple[str, str], BoilerplateMap] = {}
+# Maps of recently used reports (an archive of thousands fits; a long-running server that sees many uploads
+# keeps only the most recent ones).
+_RECORDED_LIMIT = 4096
+_recorded: OrderedDict[tuple[str, str], BoilerplateMap] = OrderedDict()
+_recorded_lock = threading.Lock()
 
 
 def notices_of(document: StoredDocument) -> BoilerplateMap:
     """The boilerplate lines recorded for a stored report at ingest."""
     key = (document.source, document.sha256)
-    found = _recorded.get(key)
-    if found is None:
-        found = _recorded[key] = BoilerplateMap.from_spans(document.boilerplate)
-    return found
+    with _recorded_lock:  # searches run in several threads of the server
+        found = _recorded.get(key)
+        if found is None:
+            found = _recorded[key] = BoilerplateMap.from_spans(document.boilerplate)
+            if len(_recorded) > _RECORDED_LIMIT:
+                _recorded.popitem(last=False)
+        else:
+            _recorded.move_to_end(key)
+        return found
 
 
 def passage_share(chunk: StoredChunk, document: StoredDocument) -> float:

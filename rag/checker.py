@@ -11,6 +11,10 @@ For every sentence of the model's answer:
    (麦肯锡's "人工智能整体将为全球经济带来高达25.6万亿美元……，而其中来自GenAI的贡献高达7.9万亿美元":
    "生成式AI贡献25.6万亿美元" fails, 贡献 belongs to 7.9; where both clauses hold such terms, neither
    number passes alone: the checker cannot tell GenAI is 生成式AI, and an unverified number is never shown);
+   a year the sentence writes in the number's clause must stand in that passage sentence or row too
+   ("预计2023年……4041亿元" is not supported by "2021年……为4041亿元"), and every question term the sentence
+   attaches to its numbers must occur in the passage ("总投资额是12 FLOPS" is not supported by a passage about
+   computing power that never mentions 投资);
 2. the sentence must state something (a remark such as "根据段落中的信息。" claims nothing, however close
    it is to the passages) and be close to the passage in embedding space: its best cosine with a sentence or
    row of the cited passage at least ``min_similarity`` (fitted on dev, ``rag/data/fitted.json``).
@@ -37,6 +41,7 @@ from .textnorm import drop_thousands_separators, fold
 
 SUBJECT_WINDOW = 40
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_YEAR = re.compile(r"(?<![\d.])(?:19|20)\d{2}(?![\d.])")
 _MARKER = re.compile(r"\s*[\[【]\s*(?:编号|段落|来源)?\s*(\d{1,2})\s*[\]】]")  # [2], 【2】, [编号2]
 _SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;]*")
 # List numbering ("1. ", "2、", "（3）") at a line start or after a colon: not a figure to verify.
@@ -206,6 +211,7 @@ class Claim:
     terms: tuple[str, ...] = ()
     numbers: frozenset[str] = frozenset()
     measures: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    years: Mapping[str, frozenset[str]] = field(default_factory=dict)  # per number: years in its clause
 
     @classmethod
     def of(cls, sentence: str, query: Query, numbers: Collection[str]) -> Claim:
@@ -215,7 +221,15 @@ class Claim:
         terms = tuple(t.replace(" ", "") for t in query.weights
                       if t.replace(" ", "") in folded and re.search(r"[^\d.\s]", t))
         measures = {n: frozenset(_measure(folded, p + len(n)) for p in _number_positions(n, folded)) for n in numbers}
-        return cls(terms, frozenset(numbers), measures)
+        years = {}
+        for number in numbers:
+            clauses = [folded[slice(*_clause(folded, p))] for p in _number_positions(number, folded)]
+            years[number] = frozenset(y for clause in clauses for y in _YEAR.findall(clause) if y != number)
+        return cls(terms, frozenset(numbers), measures, years)
+
+    def content_terms(self) -> list[str]:
+        """The question's terms the sentence uses that say what its numbers are (not question or generic words)."""
+        return [t for t in self.terms if len(t) >= 2 and t not in _GENERIC]
 
 
 def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str],
@@ -241,6 +255,8 @@ def number_supported(number: str, units: Sequence[Unit], subjects: Sequence[str]
             found = _measure(cleaned, position + len(number))
             if written and not any(_same_measure(w, found) for w in written):
                 continue
+            if not claim.years.get(number, frozenset()) <= set(_YEAR.findall(cleaned)):
+                continue  # the sentence dates the number with a year this sentence or row does not give it
             window = cleaned[max(0, position - SUBJECT_WINDOW):position + len(number) + SUBJECT_WINDOW]
             if (any(term in window for term in subjects) and not _other_version_owns(position, mentions, subjects)
                     and not _rival_claims(number, position, cleaned, claim.terms, claim.numbers)):
@@ -301,6 +317,9 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
     for unit in units:
         units_by_hit.setdefault(unit.hit_index, []).append(unit)
     subjects = subject_terms(query)
+    passage_text = {index: drop_thousands_separators(fold(f"{hit.chunk.heading} {hit.chunk.table_header} "
+                                                          f"{hit.chunk.text}").replace(" ", ""))
+                    for index, hit in enumerate(hits)}
     question_numbers = set(numbers_of(query.text))
     question_names = set(names_of(query.text))
     vectors = encode([s for s, _ in sentences] + [u.text for u in units]) if units else None
@@ -320,8 +339,11 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
         best_by_hit: dict[int, float] = {}
         for unit, similarity in zip(units, similarities, strict=True):
             best_by_hit[unit.hit_index] = max(best_by_hit.get(unit.hit_index, -1.0), float(similarity))
-        # Per passage: the sentence's numbers not tied to the subject there (checked once per passage).
-        untied = {index: [n for n in check.numbers if not number_supported(n, hit_units, subjects, claim)[1]]
+        # Per passage: the sentence's numbers not tied to the subject there (checked once per passage); a
+        # passage that lacks a question term the sentence attaches to its numbers ties none of them.
+        untied = {index: [n for n in check.numbers
+                          if not all(t in passage_text[index] for t in claim.content_terms())
+                          or not number_supported(n, hit_units, subjects, claim)[1]]
                   for index, hit_units in units_by_hit.items()}
         supporting = []
         missing: set[str] = set()

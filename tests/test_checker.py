@@ -118,3 +118,32 @@ def test_a_remark_is_never_verified(tiny_qa):
     found = tiny_qa.search(QUESTION, top_k=5)
     checks = check_sentences(found.analysed, found.hits, "根据段落中的信息。", tiny_qa.embedder.embed_documents)
     assert len(checks) == 1 and not checks[0].verified and "states nothing" in (checks[0].reason or "")
+
+
+def test_a_year_the_sentence_gives_the_number_must_stand_with_it():
+    unit = _unit("据中国信通院公布的测算数据，2021年中国人工智能产业规模为4041亿元，同比增长33.3%。")
+    subjects = ["人工智能", "产业规模"]
+
+    def claim(year: str) -> Claim:
+        return Claim(("人工智能", "产业规模"), frozenset({"4041"}), {"4041": frozenset({"亿元"})},
+                     {"4041": frozenset({year})})
+
+    assert number_supported("4041", [unit], subjects, claim("2023")) == (True, False)  # 2021's figure for 2023
+    assert number_supported("4041", [unit], subjects, claim("2021")) == (True, True)
+
+
+def test_a_question_term_the_passages_never_mention_ties_no_number(tiny_qa):
+    from rag.query import analyse
+    from rag.results import Hit
+
+    store = tiny_qa.store
+    passage = next(c for source in store.documents for c in store.chunks_of(source) if "4041亿元" in c.text)
+    hits = [Hit(1, passage, store.documents[passage.source], 1.0)]
+    query = analyse("信通院测算的中国人工智能产业规模和投资额分别是多少？", store)
+
+    def check(sentence: str):
+        return check_sentences(query, hits, sentence, tiny_qa.embedder.embed_documents)[0]
+
+    assert check("2021年中国人工智能产业规模为4041亿元。").unsupported_numbers == []
+    assert check("中国人工智能产业投资额为4041亿元。").unsupported_numbers == ["4041"]  # the passage never says 投资额
+    assert "4041" in check("预计2023年中国人工智能产业规模为4041亿元。").unsupported_numbers  # 2021 figure

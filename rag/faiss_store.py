@@ -50,7 +50,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -651,8 +651,9 @@ class EmbeddedWriter:
     """
 
     def __init__(self, index_dir: Path, dimension: int, tokenizer: Tokenizer, ann: AnnSettings | None = None,
-                 update: bool = False, reuse: bool = True):
+                 update: bool = False, reuse: bool = True, log: Callable[[str], None] = lambda message: None):
         self.index_dir = index_dir
+        self.log = log
         self.dimension = dimension
         self.tokenizer = tokenizer
         self.ann = ann or default_settings()
@@ -835,13 +836,14 @@ class EmbeddedWriter:
         stored, unit_owner = self._assemble(reports)
         kinds = {}
         vectors = self._stacked(folder / "dense.npy", [r.vectors for r in reports])
-        dense, kinds["dense"] = build_index(vectors, self.ann, with_ids=True)
+        dense, kinds["dense"] = build_index(vectors, self.ann, with_ids=True, progress=self._progress("passage"))
         faiss.write_index(dense, str(folder / "dense.faiss"))
         del dense, vectors
         if any(r.unit_vectors is not None for r in reports):
             unit_vectors = self._stacked(folder / "units.npy", [r.unit_vectors for r in reports
                                                                 if r.unit_vectors is not None])
-            units, kinds["units"] = build_index(unit_vectors, self.ann, with_ids=False)
+            units, kinds["units"] = build_index(unit_vectors, self.ann, with_ids=False,
+                                               progress=self._progress("sentence/table-row"))
             faiss.write_index(units, str(folder / "units.faiss"))
             del units, unit_vectors
             np.save(folder / "unit_owner.npy", np.asarray(unit_owner, dtype=np.int64))
@@ -857,6 +859,19 @@ class EmbeddedWriter:
         self._write_meta(folder / "meta.sqlite", reports, stored)
         return {"path": path, "offset": offset, "chunks": len(stored), "units": len(unit_owner), "indexes": kinds,
                 "deleted": []}
+
+    def _progress(self, what: str) -> Callable[[int, int], None]:
+        """A progress callback for filling an approximate vector index (minutes at millions of vectors): it
+        logs about every tenth of the way."""
+        said = [-1]
+
+        def report(done: int, total: int) -> None:
+            tenth = done * 10 // max(1, total)
+            if tenth != said[0]:
+                said[0] = tenth
+                self.log(f"向量索引 / {what} vector index: {done:,}/{total:,}")
+
+        return report
 
     def _assemble(self, reports: list[ReportRecords]) -> tuple[list[StoredChunk], list[int]]:
         """The segment's passages (ids from 0, in report order) and each unit's owning passage."""

@@ -240,4 +240,4 @@ def store_writer(index_dir: Path, dimension: int, tokenizer: Tokenizer, location
         return MilvusWriter(setting, dimension, tokenizer, log=log)
     from .faiss_store import EmbeddedWriter
 
-    return EmbeddedWriter(index_dir, dimension, tokenizer, reuse=reuse, update=update)
+    return EmbeddedWriter(index_dir, dimension, tokenizer, reuse=reuse, update=update, log=log)

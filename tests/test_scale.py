@@ -36,9 +36,10 @@ def exact_qa(tiny_model, tmp_path_factory) -> ReportQA:
     return qa
 
 
-def _rewrite(store: EmbeddedStore, index_dir: Path, **settings) -> EmbeddedStore:
+def _rewrite(store: EmbeddedStore, index_dir: Path, log=lambda message: None, **settings) -> EmbeddedStore:
     """The same reports and vectors written again with other ``rag.ann`` settings."""
-    writer = EmbeddedWriter(index_dir, store.dense.d, store.tokenizer, ann=replace(default_settings(), **settings))
+    writer = EmbeddedWriter(index_dir, store.dense.d, store.tokenizer, ann=replace(default_settings(), **settings),
+                            log=log)
     for source, document in store.documents.items():
         chunks = store.chunks_of(source)
         units = [store.unit_vectors(c.id) for c in chunks]
@@ -356,9 +357,12 @@ def test_the_seed_build_is_one_segment(exact_qa):
 
 def test_the_largest_indexes_hold_pq_codes_and_return_exact_scores(exact_qa, tmp_path):
     exact = exact_qa.store
-    pq = _rewrite(exact, tmp_path / "pq", exact_below=1, min_lists=4, max_lists=4, train_per_list=100, nprobe=4,
-                  pq_above=1, pq_bytes=8, pq_rescore_factor=4)
+    said: list[str] = []
+    pq = _rewrite(exact, tmp_path / "pq", said.append, exact_below=1, min_lists=4, max_lists=4, train_per_list=100,
+                  nprobe=4, pq_above=1, pq_bytes=8, pq_rescore_factor=4)
     assert pq.manifest["indexes"] == {"dense": IVF_PQ, "units": IVF_PQ}
+    units_total = sum(len(exact.unit_vectors(c.id)) for s in exact.documents for c in exact.chunks_of(s))
+    assert any(f"{units_total:,}/{units_total:,}" in line for line in said)  # filling the index is reported
     vectors = exact.dense.reconstruct_n(0, len(exact))  # type: ignore[attr-defined]
     for chunk_id in range(0, len(exact), 41):
         top = pq.dense_top_k(vectors[chunk_id], 5)

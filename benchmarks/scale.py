@@ -414,9 +414,17 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
             counted["units"] += len(report.unit_owner)
             yield report, tokens
 
-    extra = extra_report(seeds, args.noise, args.mix, size)[0]
-    held = after_updates(reports(), size, extra) if args.updates else (r for r, _ in reports())
-    truth_passages, truth_units = exact_truth(held, vectors)
+    truth_file = work / "truth.json"
+    setting = {"queries": args.queries, "noise": args.noise, "mix": args.mix, "updates": args.updates}
+    known = json.loads(truth_file.read_text(encoding="utf-8")) if truth_file.exists() else {}
+    if args.reuse_index and known.get("setting") == setting:  # the brute force of an earlier run of this corpus
+        truth_passages, truth_units, counted["units"] = known["passages"], known["units"], known["unit_count"]
+    else:
+        extra = extra_report(seeds, args.noise, args.mix, size)[0]
+        held = after_updates(reports(), size, extra) if args.updates else (r for r, _ in reports())
+        truth_passages, truth_units = exact_truth(held, vectors)
+        truth_file.write_text(json.dumps({"setting": setting, "passages": truth_passages, "units": truth_units,
+                                          "unit_count": counted["units"]}), encoding="utf-8")
     units = counted["units"]
     log(f"{size:,} passages, {units:,} units generated, exact top-10 by brute force in "
         f"{time.perf_counter() - began:.0f} s")
@@ -426,8 +434,13 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
             continue
         tree = Path(args.baseline_tree) if config == "main" else HERE
         index = work / f"index-{config}"
-        numbers = _run_child("build", tree, ["--config", config, "--corpus-file", str(corpus_file),
-                                             "--index", str(index)] + (["--child-updates"] if args.updates else []))
+        built = work / f"index-{config}.build.json"
+        if args.reuse_index and (index / "current").exists() and built.exists():
+            numbers = json.loads(built.read_text(encoding="utf-8"))  # searched again, not built again
+        else:
+            numbers = _run_child("build", tree, ["--config", config, "--corpus-file", str(corpus_file),
+                                                 "--index", str(index)] + (["--child-updates"] if args.updates else []))
+            built.write_text(json.dumps(numbers), encoding="utf-8")
         log(f"  {config}: built in {numbers['build_s']:.0f} s")
         searched = _run_child("search", tree, ["--index", str(index), "--questions-file", str(questions_file)])
         numbers.update({k: v for k, v in searched.items() if not k.endswith("top10")})
@@ -436,7 +449,7 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
         numbers["load_average_1min"] = os.getloadavg()[0]  # how busy the shared machine was
         result["configs"][config] = numbers
         log(f"  {config}: {json.dumps(_rounded(numbers), ensure_ascii=False)}")
-        if not args.keep_index:
+        if not (args.keep_index or args.reuse_index):
             shutil.rmtree(index, ignore_errors=True)
     return result
 
@@ -481,6 +494,9 @@ def main() -> None:
     parser.add_argument("--no-updates", dest="updates", action="store_false", help="skip add-one/delete-one")
     parser.add_argument("--work", default="/tmp/rag-scale")
     parser.add_argument("--keep-index", action="store_true", help="keep each configuration's index in --work")
+    parser.add_argument("--reuse-index", action="store_true",
+                        help="search an index (and exact top-10) an earlier --keep-index run left in --work, "
+                             "reporting that run's build numbers, instead of building again")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=["build", "search"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)

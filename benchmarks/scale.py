@@ -12,7 +12,8 @@ with a report filter (analysis + retrieval + second stage; the question vector i
 query embedding is excluded), adding one report and deleting one (store commit, the new report's
 texts already embedded), peak RSS of the search process (a fresh process per configuration), index
 size on disk, and recall@10 of dense search (passages, and the owners of the top sentence units)
-against exact brute-force search over the same vectors.
+against exact brute-force search over the same vectors (units: the best 10 of a search as deep as
+retrieval's, ``rag.scoring.UNIT_DEPTH``).
 
 Configurations, each measured in the same run on the same generated corpus:
 
@@ -351,7 +352,11 @@ def child_search(args: argparse.Namespace) -> dict:
         retriever.search(analyse(question, store), top_k=5)
     plain, filtered = timed(False), timed(True)
     dense = [store.dense_top_k(v, 10).ids.tolist() for v in vectors]
-    units = [store.unit_top_k(v, 10).ids.tolist() for v in vectors]
+    # Units as retrieval reads them: UNIT_DEPTH deep (an approximate index re-scores that many candidates
+    # and more), of which the best 10 are compared with the exact best 10.
+    from rag.scoring import UNIT_DEPTH
+
+    units = [store.unit_top_k(v, UNIT_DEPTH).ids[:10].tolist() for v in vectors]
     return {"load_s": load_s, "hybrid_ms": _percentiles(plain), "hybrid_filtered_ms": _percentiles(filtered),
             "search_peak_rss_mb": peak_rss_mb(),
             "dense_top10": [[store.chunk(i).citation for i in row] for row in dense],

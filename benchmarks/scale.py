@@ -358,7 +358,7 @@ def child_search(args: argparse.Namespace) -> dict:
 
     units = [store.unit_top_k(v, UNIT_DEPTH).ids[:10].tolist() for v in vectors]
     return {"load_s": load_s, "hybrid_ms": _percentiles(plain), "hybrid_filtered_ms": _percentiles(filtered),
-            "search_peak_rss_mb": peak_rss_mb(),
+            "search_peak_rss_mb": peak_rss_mb(), "search_anon_mb": _status_mb("RssAnon"),
             "dense_top10": [[store.chunk(i).citation for i in row] for row in dense],
             "unit_owner_top10": [[store.chunk(i).citation for i in row] for row in units]}
 
@@ -370,6 +370,15 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (RssAnon: its own memory, without the page
+    cache it maps), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _percentiles(values: list[float]) -> dict:

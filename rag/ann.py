@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import weakref
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from functools import lru_cache
@@ -138,7 +140,7 @@ def build_index(vectors: np.ndarray, settings: AnnSettings, with_ids: bool,
     return ivf, kind
 
 
-def approximate_search(index: Any, exact: np.ndarray, query: np.ndarray, k: int, nprobe: int,
+def approximate_search(index: Any, exact: np.ndarray | ExactRows, query: np.ndarray, k: int, nprobe: int,
                        allowed: np.ndarray | None = None, selector: Any = None,
                        rescore_factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Ids and exact cosines of the approximately best ``k`` vectors of an IVF index (optionally only
@@ -160,28 +162,65 @@ def approximate_search(index: Any, exact: np.ndarray, query: np.ndarray, k: int,
     return found, scores
 
 
-def open_exact(path) -> np.ndarray:
-    """The exact vectors beside an approximate index, memory-mapped for random access: only the rows of
-    hits are read, and without read-ahead (which would map whole neighbourhoods of every row touched
-    and make most of the file resident after a few hundred questions)."""
-    import mmap
+class ExactRows:
+    """The exact vectors beside an approximate index (a ``.npy`` file of float32 rows), read with ``pread``.
 
-    vectors = np.load(path, mmap_mode="r")
-    raw = getattr(vectors, "_mmap", None)
-    if raw is not None and hasattr(raw, "madvise"):
-        raw.madvise(mmap.MADV_RANDOM)
-    return vectors
+    Re-scoring reads a few hundred scattered rows per question. Reading them with ``pread`` instead of
+    through a memory map keeps those pages in the shared page cache without mapping them into the
+    searching process (a map makes every row ever touched count as the process's own memory, and its
+    read-ahead pulls in whole neighbourhoods). Bulk reads for merges come memory-mapped (``mapped``), so
+    rewriting a large segment never copies its vectors into memory.
+    """
+
+    def __init__(self, path):
+        from numpy.lib import format as npy
+
+        with open(path, "rb") as handle:
+            version = npy.read_magic(handle)
+            shape, fortran, dtype = (npy.read_array_header_1_0(handle) if version == (1, 0)
+                                     else npy.read_array_header_2_0(handle))
+            self.offset = handle.tell()
+        if fortran or dtype != np.float32 or len(shape) != 2:
+            raise ValueError(f"{path}: not a float32 matrix")
+        self.path = path
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self._row_bytes = self.shape[1] * 4
+        self._descriptor = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._descriptor)
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        """Rows ``first:stop`` (one read), or the rows of an id array (one read per row, in file order)."""
+        if isinstance(key, slice):
+            first, stop, _ = key.indices(self.shape[0])
+            count = max(0, stop - first)
+            data = os.pread(self._descriptor, count * self._row_bytes, self.offset + first * self._row_bytes)
+            return np.frombuffer(data, dtype=np.float32).reshape(count, self.shape[1])
+        ids = np.asarray(key, dtype=np.int64)
+        out = np.empty((len(ids), self.shape[1]), dtype=np.float32)
+        for position in np.argsort(ids, kind="stable"):
+            row = int(ids[position])
+            if not 0 <= row < self.shape[0]:
+                raise IndexError(f"row {row} outside {self.shape[0]}")
+            out[position] = np.frombuffer(os.pread(self._descriptor, self._row_bytes,
+                                                   self.offset + row * self._row_bytes), dtype=np.float32)
+        return out
+
+    def mapped(self, first: int, stop: int) -> np.ndarray:
+        """Rows ``first:stop`` as a read-only memory map (bulk reads: merges and rewrites)."""
+        return np.load(self.path, mmap_mode="r")[first:stop]
 
 
-def exact_scores(vectors: np.ndarray, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """float32 inner products of ``query`` with the rows ``ids`` of a (memory-mapped) vector array."""
+def open_exact(path) -> ExactRows:
+    """The exact vectors beside an approximate index (see ``ExactRows``)."""
+    return ExactRows(path)
+
+
+def exact_scores(vectors: np.ndarray | ExactRows, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """float32 inner products of ``query`` with the rows ``ids`` of a vector array or an ``ExactRows`` file."""
     if not len(ids):
         return np.zeros(0, dtype=np.float32)
-    order = np.argsort(ids, kind="stable")  # read the memory-mapped rows in file order
-    rows = np.asarray(vectors[ids[order]], dtype=np.float32)
-    scores = np.empty(len(ids), dtype=np.float32)
-    scores[order] = rows @ np.asarray(query, dtype=np.float32)
-    return scores
+    rows = np.asarray(vectors[np.asarray(ids)], dtype=np.float32)
+    return rows @ np.asarray(query, dtype=np.float32)
 
 
 def top_k_stable(values: np.ndarray, k: int) -> np.ndarray:

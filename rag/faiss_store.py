@@ -125,7 +125,8 @@ class _Segment:
         self.units_exact = (open_exact(folder / "units.npy")
                             if self.units is not None and self.units_kind != FLAT else None)
         self.unit_owner = np.load(folder / "unit_owner.npy") if self.units is not None else None
-        self.lexical = bm25s.BM25.load(str(folder / "bm25"))
+        # Memory-mapped: a million passages' postings are ~1 GB, and a question reads only its terms' postings.
+        self.lexical = bm25s.BM25.load(str(folder / "bm25"), mmap=True)
         self.alias_pairs = json.loads((folder / "aliases.json").read_text(encoding="utf-8"))
         self.db = sqlite3.connect(f"file:{folder / 'meta.sqlite'}?mode=ro", uri=True, check_same_thread=False)
         self.lock = threading.Lock()
@@ -971,13 +972,15 @@ def _read_report(segment: _Segment, source: str) -> ReportRecords:
     if segment.units is not None and segment.unit_owner is not None:
         low, high = (int(i) for i in np.searchsorted(segment.unit_owner, [first, stop]))
         if segment.units_exact is not None:
-            units = np.asarray(segment.units_exact[low:high], dtype=np.float32)
+            units = segment.units_exact.mapped(low, high)
         elif high > low:
             units = segment.units.reconstruct_n(low, high - low)
         else:
             units = np.zeros((0, segment.units.d), dtype=np.float32)
         owners = (segment.unit_owner[low:high] - first).tolist()
-    return ReportRecords(document, located, segment.passage_vectors(first, stop), units, owners or [])
+    vectors = (segment.dense_exact.mapped(first, stop) if segment.dense_exact is not None
+               else segment.passage_vectors(first, stop))
+    return ReportRecords(document, located, vectors, units, owners or [])
 
 
 __all__ = ["EmbeddedStore", "EmbeddedWriter", "FORMAT_VERSION", "MANIFEST", "report_fingerprint"]

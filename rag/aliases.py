@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .textnorm import fold
 
@@ -46,11 +47,21 @@ class AliasTable:
     def expand(self, query: str) -> list[str]:
         """English names of the things ``query`` calls by a Chinese name (and does not name itself)."""
         folded = fold(query).replace(" ", "")
+        # A longer suffix of a run contains its shortest checked suffix, so a pair matches exactly when that
+        # shortest suffix (the last MIN_SUFFIX characters, or a shorter whole run) occurs in the question:
+        # look those up among the question's substrings instead of testing every pair (thousands at scale).
+        keys = {folded[i:i + n] for n in range(2, MIN_SUFFIX + 1) for i in range(len(folded) - n + 1)}
+        matching = sorted(pair for key in keys for pair in self._by_shortest_suffix.get(key, ()))
         found: list[str] = []
-        for native, latin in sorted(self.pairs):
+        for _, latin in matching:
             if latin.replace(" ", "") in folded or latin in found:
                 continue
-            if any(native[-n:] in folded for n in range(len(native), 1, -1)
-                   if n >= MIN_SUFFIX or n == len(native)):
-                found.append(latin)
+            found.append(latin)
         return found
+
+    @cached_property
+    def _by_shortest_suffix(self) -> dict[str, list[tuple[str, str]]]:
+        index: dict[str, list[tuple[str, str]]] = {}
+        for native, latin in self.pairs:
+            index.setdefault(native[-MIN_SUFFIX:] if len(native) >= MIN_SUFFIX else native, []).append((native, latin))
+        return index

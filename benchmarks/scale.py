@@ -84,7 +84,8 @@ def load_seeds(seed_index: Path) -> dict:
             continue
         vector = store.dense.reconstruct(chunk_id)  # type: ignore[attr-defined]
         passages.append((sentences, np.asarray(units, np.float32), np.asarray(vector, np.float32)))
-    manifest = {k: v for k, v in store.manifest.items() if k not in ("files", "corpus", "chunks", "indexes", "ann")}
+    manifest = {k: v for k, v in store.manifest.items() if k not in ("files", "corpus", "chunks", "indexes", "ann",
+                                                                         "segments")}
     return {"passages": passages, "manifest": manifest, "tokenizer_words": manifest.get("user_words", [])}
 
 
@@ -234,7 +235,6 @@ def child_build(args: argparse.Namespace) -> dict:
     tokenizer = TableTokenizer(_seed_tokenizer(seeds), table)
     index_dir = Path(args.index)
     shutil.rmtree(index_dir, ignore_errors=True)
-    manifest_base = {k: v for k, v in seeds["manifest"].items()}
 
     def corpus():
         for report, tokens in generate(seeds, size, payload["noise"], payload["mix"], payload["seed"]):
@@ -271,7 +271,7 @@ def child_build(args: argparse.Namespace) -> dict:
         for source in removed:
             session.remove_report(source)
             state.pop(source, None)
-        manifest = {**manifest_base, "built_at": time.time(), "corpus": dict(state)}
+        manifest = {**seeds["manifest"], "built_at": time.time(), "corpus": dict(state)}
         began = time.perf_counter()
         session.commit(manifest)
         seconds += time.perf_counter() - began
@@ -536,7 +536,6 @@ def main() -> None:
         f"{args.noise}), renormalised; questions are seed sentence heads with noisy sentence vectors; "
         "BM25 tokens of generated passages are their seed sentences' jieba tokens. Query embedding excluded.")
     seeds = load_seeds(Path(args.seed_index))
-    seeds["manifest"] = {k: v for k, v in seeds["manifest"].items() if k not in ("files", "segments")}
     results = [run_size(_size(size), seeds, args, log) for size in args.sizes.split(",")]
     from rag.ann import default_settings
 

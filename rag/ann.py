@@ -27,7 +27,7 @@ import os
 import weakref
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -207,7 +207,13 @@ class ExactRows:
 
     def mapped(self, first: int, stop: int) -> np.ndarray:
         """Rows ``first:stop`` as a read-only memory map (bulk reads: merges and rewrites)."""
-        return np.load(self.path, mmap_mode="r")[first:stop]
+        return self._map[first:stop]
+
+    @cached_property
+    def _map(self) -> np.ndarray:
+        # One map per file: a merge reads every report of a segment, and a map per report would hold a file
+        # descriptor per report.
+        return np.load(self.path, mmap_mode="r")
 
 
 def open_exact(path) -> ExactRows:

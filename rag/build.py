@@ -130,13 +130,10 @@ def _build_locked(corpus_dir: Path, index_dir: Path, embedder: Embedder, setting
                   began: float, store: str) -> BuildReport:
     where = str(index_dir) if store == "faiss" else store  # what the build report names as the index
     manifest = store_manifest(index_dir, store)
-    wanted = {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
-              "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION,
-              "corpus": {d.source: d.sha256 for d in documents}}
+    wanted = {**_index_settings(embedder, settings), "corpus": {d.source: d.sha256 for d in documents}}
     reuse = not force  # a forced or repairing build writes every file anew
     if not force and manifest and all(manifest.get(k) == v for k, v in wanted.items()):
-        metadata_file = metadata_path(corpus_dir)
-        metadata_unchanged = not metadata_file.exists() or metadata_file.stat().st_mtime <= manifest.get("built_at", 0)
+        metadata_unchanged = _metadata_unchanged(corpus_dir, manifest)
         reuse = _sound(index_dir, log, store)
         if metadata_unchanged and reuse:
             return BuildReport(where, len(documents), manifest.get("chunks", 0), 0,
@@ -186,15 +183,12 @@ def update_index(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings
         return None
     with writer_lock(index_dir, log):
         manifest = store_manifest(index_dir, location)
-        wanted = {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
-                  "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION}
+        wanted = _index_settings(embedder, settings)
         if not manifest or any(manifest.get(k) != v for k, v in wanted.items()):
             return None
         if manifest.get("chunks", 0) < default_settings().rewrite_below:
             return None
-        metadata_file = metadata_path(corpus_dir)
-        if (not metadata_of_changed_only and metadata_file.exists()
-                and metadata_file.stat().st_mtime > manifest.get("built_at", 0)):
+        if not metadata_of_changed_only and not _metadata_unchanged(corpus_dir, manifest):
             return None
         files = {f.name: f for f in scan_corpus(corpus_dir)[0]}
         documents: list[Document] = []
@@ -207,14 +201,14 @@ def update_index(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings
                 failures.append(LoadFailure(name, "文件不存在或已被跳过 / file missing or skipped"))
             except RagError as exc:
                 failures.append(LoadFailure(name, str(exc)))
-        gone = set(removed) | {name for name in changed if name not in {d.source for d in documents}}
+        new = {d.source for d in documents}
+        gone = set(removed) | {name for name in changed if name not in new}
         corpus = {s: sha for s, sha in manifest["corpus"].items() if s not in gone}
         corpus.update({d.source: d.sha256 for d in documents})
         if not corpus:
             raise RagError(f"语料目录中没有可用的报告 / no usable report in {corpus_dir}")
         user_words = sorted(set(manifest.get("user_words", [])) | corpus_terms(d.text for d in documents))
         tokenizer = tokenizer_for(user_words)
-        new = {d.source for d in documents}
         duplicates = _identical_reports(corpus, manifest.get("duplicates", {}), new)
         among_new = {s: [o for o in others if o in new] for s, others in duplicates.items() if s in new}
         infos = _corpus_infos(corpus_dir, documents, {s: o for s, o in among_new.items() if o}, False)
@@ -239,6 +233,18 @@ def update_index(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings
     return BuildReport(str(index_dir), len(corpus), written.get("chunks", 0), records.embedded,
                        records.texts - records.embedded, time.perf_counter() - began, failures=failures,
                        duplicates=duplicates)
+
+
+def _index_settings(embedder: Embedder, settings: ChunkerSettings) -> dict:
+    """What an index records about how it was made, besides its corpus: an index made otherwise is rebuilt."""
+    return {"model": embedder.name, "dimension": embedder.dimension, "chunker": settings.as_dict(),
+            "chunker_version": CHUNKER_VERSION, "tokenizer_version": TOKENIZER_VERSION}
+
+
+def _metadata_unchanged(corpus_dir: Path, manifest: dict) -> bool:
+    """Whether ``metadata.json`` is missing or not edited since the index was built."""
+    metadata_file = metadata_path(corpus_dir)
+    return not metadata_file.exists() or metadata_file.stat().st_mtime <= manifest.get("built_at", 0)
 
 
 def _identical_reports(corpus: dict[str, str], previous: dict[str, list[str]], new: set[str]) -> dict[str, list[str]]:

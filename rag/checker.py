@@ -341,9 +341,9 @@ def check_sentences(query: Query, hits: list[Hit], answer: str, encode: Encode,
             best_by_hit[unit.hit_index] = max(best_by_hit.get(unit.hit_index, -1.0), float(similarity))
         # Per passage: the sentence's numbers not tied to the subject there (checked once per passage); a
         # passage that lacks a question term the sentence attaches to its numbers ties none of them.
-        untied = {index: [n for n in check.numbers
-                          if not all(t in passage_text[index] for t in claim.content_terms())
-                          or not number_supported(n, hit_units, subjects, claim)[1]]
+        terms = claim.content_terms()
+        untied = {index: (list(check.numbers) if not all(t in passage_text[index] for t in terms) else
+                          [n for n in check.numbers if not number_supported(n, hit_units, subjects, claim)[1]])
                   for index, hit_units in units_by_hit.items()}
         supporting = []
         missing: set[str] = set()

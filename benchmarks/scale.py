@@ -351,6 +351,7 @@ def child_search(args: argparse.Namespace) -> dict:
     for question in texts["questions"][:3]:  # warm-up: jieba's dictionary, first SQLite pages
         retriever.search(analyse(question, store), top_k=5)
     plain, filtered = timed(False), timed(True)
+    again = timed(False)  # the same questions a second time: what they read is in the page cache now
     dense = [store.dense_top_k(v, 10).ids.tolist() for v in vectors]
     # Units as retrieval reads them: UNIT_DEPTH deep (an approximate index re-scores that many candidates
     # and more), of which the best 10 are compared with the exact best 10.
@@ -358,6 +359,7 @@ def child_search(args: argparse.Namespace) -> dict:
 
     units = [store.unit_top_k(v, UNIT_DEPTH).ids[:10].tolist() for v in vectors]
     return {"load_s": load_s, "hybrid_ms": _percentiles(plain), "hybrid_filtered_ms": _percentiles(filtered),
+            "hybrid_again_ms": _percentiles(again),
             "search_peak_rss_mb": peak_rss_mb(), "search_anon_mb": _status_mb("RssAnon"),
             "dense_top10": [[store.chunk(i).citation for i in row] for row in dense],
             "unit_owner_top10": [[store.chunk(i).citation for i in row] for row in units]}
@@ -405,6 +407,18 @@ def recall(found: list[list[str]], truth) -> float:
         want = list(want)
         shares.append(sum((Counter(got) & Counter(want)).values()) / max(1, len(want)))
     return statistics.fmean(shares)
+
+
+def drop_page_cache(log) -> bool:
+    """Empty the kernel's page cache (needs root), so the search child starts as a server does after a
+    reboot: nothing of the index in memory. Whether it worked."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as error:
+        log(f"  page cache not dropped ({error}); the search reads what the build left in memory")
+        return False
+    return True
 
 
 def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
@@ -456,6 +470,7 @@ def run_size(size: int, seeds: dict, args: argparse.Namespace, log) -> dict:
                                                  "--index", str(index)] + (["--child-updates"] if args.updates else []))
             built.write_text(json.dumps(numbers), encoding="utf-8")
         log(f"  {config}: built in {numbers['build_s']:.0f} s")
+        numbers["page_cache"] = "dropped" if args.drop_caches and drop_page_cache(log) else "as left"
         searched = _run_child("search", tree, ["--index", str(index), "--questions-file", str(questions_file)])
         numbers.update({k: v for k, v in searched.items() if not k.endswith("top10")})
         numbers["dense_recall@10"] = recall(searched["dense_top10"], truth_passages)
@@ -484,7 +499,8 @@ def table(results: list[dict]) -> str:
     for result in results:
         for name, n in result["configs"].items():
             lines.append(
-                f"| {result['passages']:,} | {result['units']:,} | {name} "
+                f"| {result['passages']:,} | {result['units']:,} | {name}"
+                f"{' (page cache dropped)' if n.get('page_cache') == 'dropped' else ''} "
                 f"| {n['hybrid_ms']['p50']:.1f} / {n['hybrid_ms']['p95']:.1f} "
                 f"| {n['hybrid_filtered_ms']['p50']:.1f} / {n['hybrid_filtered_ms']['p95']:.1f} "
                 f"| {n.get('add_one_s', float('nan')):.1f} | {n.get('delete_one_s', float('nan')):.1f} "
@@ -511,6 +527,8 @@ def main() -> None:
     parser.add_argument("--reuse-index", action="store_true",
                         help="search an index (and exact top-10) an earlier --keep-index run left in --work, "
                              "reporting that run's build numbers, instead of building again")
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="drop the page cache before each search (root): time searches on a cold cache")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=["build", "search"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)

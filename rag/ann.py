@@ -15,6 +15,14 @@ process. Above ``pq_above`` vectors the inverted file holds product-quantisation
 (``pq_bytes`` bytes a vector, ``IndexIVFPQ``); their scores are coarser, so the search takes
 ``pq_rescore_factor`` times as many candidates and the exact re-scoring picks the best of them.
 
+Re-scoring reads a few hundred exact rows per question from disk. At a million passages the exact
+unit vectors (~21 GB) outgrow the page cache, and those scattered reads cost more than the rest of a
+search. An approximate index of at least ``codes_rescore_above`` vectors therefore re-scores from
+codes held in memory instead: an IVF-SQ8 index from its own 8-bit codes (found by id through a direct
+map), an IVF-PQ index from a separate ``rescore_bits``-bit scalar-quantised copy written beside it.
+Those scores are approximate (about 1e-3 off); the exact rows stay on disk for merges and for a
+passage's own unit vectors.
+
 The threshold and the IVF parameters live in ``rag/data/scale.json`` with their provenance (the
 benchmark run that measured recall and latency: ``python benchmarks/scale.py``), not in code.
 """
@@ -37,6 +45,11 @@ FLAT = "flat"
 IVF_SQ8 = "ivf_sq8"
 IVF_PQ = "ivf_pq"
 
+# How an approximate index's candidates are re-scored (a segment's manifest entry records it; absent: exact).
+RESCORE_EXACT = "exact"  # float32 rows read from disk (ExactRows)
+RESCORE_OWN_CODES = "own_codes"  # the IVF-SQ8 index's own codes, found by id through its direct map
+RESCORE_SQ = "sq"  # a separate scalar-quantised copy (``<name>.codes.faiss``), beside an IVF-PQ index
+
 
 @dataclass(frozen=True)
 class AnnSettings:
@@ -57,6 +70,9 @@ class AnnSettings:
     pq_above: int = 2**62  # vectors: an approximate index with at least this many holds PQ codes, not SQ8
     pq_bytes: int = 96  # bytes per PQ code (sub-quantisers of 8 bits; must divide the dimension)
     pq_rescore_factor: int = 4  # a PQ search takes this many times k candidates for exact re-scoring
+    # Re-scoring from codes in memory; the defaults describe indexes written before it existed (always exact rows).
+    codes_rescore_above: int = 2**62  # vectors: an approximate index with at least this many re-scores from codes
+    rescore_bits: int = 6  # bits per dimension of the scalar-quantised copy beside an IVF-PQ index (4, 6 or 8)
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as recorded in a manifest."""
@@ -71,9 +87,17 @@ class AnnSettings:
         """Whether an index written with the settings ``other`` (a manifest's) has the vector indexes and
         IDF these settings would give it (the segment policy may differ)."""
         shaping = ("exact_below", "lists_per_sqrt", "min_lists", "max_lists", "train_per_list", "idf_exact_below",
-                   "pq_above", "pq_bytes")
+                   "pq_above", "pq_bytes", "codes_rescore_above", "rescore_bits")
         mine, theirs = self.as_dict(), AnnSettings(**other).as_dict() if _complete(other) else other
         return all(theirs.get(key) == mine[key] for key in shaping)
+
+    def rescoring(self, count: int, kind: str) -> str:
+        """How an index of ``kind`` over ``count`` vectors re-scores its candidates (``RESCORE_*``)."""
+        if kind == FLAT:
+            return ""  # a flat index scores exactly itself
+        if count < self.codes_rescore_above:
+            return RESCORE_EXACT
+        return RESCORE_SQ if kind == IVF_PQ else RESCORE_OWN_CODES
 
     def lists_for(self, count: int) -> int:
         """How many inverted lists an index of ``count`` vectors gets."""
@@ -130,23 +154,53 @@ def build_index(vectors: np.ndarray, settings: AnnSettings, with_ids: bool,
         kind = IVF_SQ8
         ivf = faiss.IndexIVFScalarQuantizer(quantizer, dimension, lists, faiss.ScalarQuantizer.QT_8bit,
                                             faiss.METRIC_INNER_PRODUCT)
-    sample_size = min(count, lists * settings.train_per_list)
-    sample = vectors[np.sort(np.random.default_rng(0).choice(count, sample_size, replace=False))]
-    ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
-    for start in range(0, count, 65536):  # in slices: no second full-size copy of the vectors
-        ivf.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
-        if progress is not None:
-            progress(min(count, start + 65536), count)
+    ivf.train(_training_sample(vectors, lists * settings.train_per_list))
+    _fill(ivf, vectors, progress)
+    if settings.rescoring(count, kind) == RESCORE_OWN_CODES:
+        ivf.make_direct_map()  # re-scoring finds a candidate's codes by id
     return ivf, kind
 
 
-def approximate_search(index: Any, exact: np.ndarray | ExactRows, query: np.ndarray, k: int, nprobe: int,
+def build_rescore_codes(vectors: np.ndarray, settings: AnnSettings, kind: str,
+                        progress: Callable[[int, int], None] | None = None) -> Any | None:
+    """The scalar-quantised copy of ``vectors`` an index of ``kind`` re-scores from, when its settings ask
+    for one (``RESCORE_SQ``: an IVF-PQ index of at least ``codes_rescore_above`` vectors), else None."""
+    import faiss
+
+    count, dimension = vectors.shape
+    if settings.rescoring(count, kind) != RESCORE_SQ:
+        return None
+    bits = {4: faiss.ScalarQuantizer.QT_4bit, 6: faiss.ScalarQuantizer.QT_6bit, 8: faiss.ScalarQuantizer.QT_8bit}
+    codes = faiss.IndexScalarQuantizer(dimension, bits[settings.rescore_bits], faiss.METRIC_INNER_PRODUCT)
+    codes.train(_training_sample(vectors, settings.lists_for(count) * settings.train_per_list))
+    _fill(codes, vectors, progress)
+    return codes
+
+
+def _training_sample(vectors: np.ndarray, size: int) -> np.ndarray:
+    """A fixed random sample of at most ``size`` rows (the same for every build of the same vectors)."""
+    count = len(vectors)
+    chosen = np.sort(np.random.default_rng(0).choice(count, min(count, size), replace=False))
+    return np.ascontiguousarray(vectors[chosen], dtype=np.float32)
+
+
+def _fill(index: Any, vectors: np.ndarray, progress: Callable[[int, int], None] | None) -> None:
+    """Add ``vectors`` in slices (no second full-size copy of a memory-mapped array), reporting progress."""
+    count = len(vectors)
+    for start in range(0, count, 65536):
+        index.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
+        if progress is not None:
+            progress(min(count, start + 65536), count)
+
+
+def approximate_search(index: Any, exact: Rows, query: np.ndarray, k: int, nprobe: int,
                        allowed: np.ndarray | None = None, selector: Any = None,
                        rescore_factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and exact cosines of the approximately best ``k`` vectors of an IVF index (optionally only
-    ``allowed`` ids, or those a FAISS ``selector`` lets through); ``exact`` holds the float32 vectors
-    the hits are re-scored with. With ``rescore_factor`` > 1 the index is asked for that many times
-    ``k`` candidates and the ``k`` best by exact score are kept (best first, ties by id)."""
+    """Ids and re-scored cosines of the approximately best ``k`` vectors of an IVF index (optionally only
+    ``allowed`` ids, or those a FAISS ``selector`` lets through); ``exact`` gives the vectors the hits
+    are re-scored with (exact rows, or codes held in memory). With ``rescore_factor`` > 1 the index is
+    asked for that many times ``k`` candidates and the ``k`` best by re-scored value are kept (best first,
+    ties by id)."""
     import faiss
 
     if allowed is not None:
@@ -216,12 +270,48 @@ class ExactRows:
         return np.load(self.path, mmap_mode="r")
 
 
+class CodeRows:
+    """Rows decoded from quantised codes held in memory: an IVF-SQ8 index's own (through its direct map)
+    or a scalar-quantised copy beside an IVF-PQ index. Approximate (about 1e-3), but no disk read."""
+
+    def __init__(self, index: Any):
+        self.index = index
+        self.shape: tuple[int, int] = (int(index.ntotal), int(index.d))
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        """Rows ``first:stop`` or the rows of an id array, decoded."""
+        if isinstance(key, slice):
+            first, stop, _ = key.indices(self.shape[0])
+            key = np.arange(first, max(first, stop))
+        ids = np.asarray(key, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.shape[0]):
+            raise IndexError(f"row outside {self.shape[0]}")
+        if not len(ids):
+            return np.zeros((0, self.shape[1]), dtype=np.float32)
+        return self.index.reconstruct_batch(ids)
+
+
+Rows = np.ndarray | ExactRows | CodeRows
+
+
 def open_exact(path) -> ExactRows:
     """The exact vectors beside an approximate index (see ``ExactRows``)."""
     return ExactRows(path)
 
 
-def exact_scores(vectors: np.ndarray | ExactRows, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def open_rescorer(rescoring: str, index: Any, exact: ExactRows, codes_path) -> ExactRows | CodeRows:
+    """What an approximate ``index`` re-scores its candidates with, as its segment recorded (``RESCORE_*``):
+    the ``exact`` rows, its own codes, or the scalar-quantised copy at ``codes_path`` (read into memory)."""
+    import faiss
+
+    if rescoring == RESCORE_OWN_CODES:
+        return CodeRows(index)
+    if rescoring == RESCORE_SQ:
+        return CodeRows(faiss.read_index(str(codes_path)))
+    return exact
+
+
+def exact_scores(vectors: Rows, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """float32 inner products of ``query`` with the rows ``ids`` of a vector array or an ``ExactRows`` file."""
     if not len(ids):
         return np.zeros(0, dtype=np.float32)

@@ -9,6 +9,9 @@ segment holds whole reports and these files::
     dense.npy         the exact passage vectors beside an approximate dense.faiss (memory-mapped)
     units.faiss       sentence/table-row vectors (when the chunker makes them), flat or IVF-SQ8
     units.npy         the exact unit vectors beside an approximate units.faiss (memory-mapped)
+    units.codes.faiss a scalar-quantised copy of the unit vectors beside an IVF-PQ units.faiss of at least
+                      ``codes_rescore_above`` vectors: re-scoring reads codes in memory, not rows on disk
+                      (an IVF-SQ8 index that large re-scores from its own codes; dense.codes.faiss likewise)
     unit_owner.npy    for each unit, the id of its chunk (non-decreasing)
     aliases.json      the Chinese/English name pairs the passages define (mined at build time)
     bm25/             bm25s index over the index's own jieba tokens
@@ -62,12 +65,17 @@ from .aliases import AliasTable
 from .ann import (
     FLAT,
     IVF_PQ,
+    RESCORE_EXACT,
     AnnSettings,
+    CodeRows,
+    ExactRows,
     approximate_search,
     build_index,
+    build_rescore_codes,
     default_settings,
     exact_scores,
     open_exact,
+    open_rescorer,
     top_k_stable,
 )
 from .chunking import Chunk
@@ -114,16 +122,26 @@ class _Segment:
         self.ann = ann
         indexes = entry.get("indexes", {})
         self.dense = faiss.read_index(str(folder / "dense.faiss"))
+        rescoring = entry.get("rescore", {})
         self.dense_kind = indexes.get("dense", FLAT)
+        # Exact rows (bulk reads: merges, a passage's vectors) and what candidates are re-scored with (the same
+        # rows, or codes in memory on the largest indexes: rag.ann).
+        self.dense_exact: ExactRows | None = None
+        self.dense_rescore: ExactRows | CodeRows | None = None
         if self.dense_kind == FLAT:
             self._flat = faiss.downcast_index(self.dense.index)  # type: ignore[attr-defined]
-            self.dense_exact = None
         else:
             self.dense_exact = open_exact(folder / "dense.npy")
+            self.dense_rescore = open_rescorer(rescoring.get("dense", RESCORE_EXACT), self.dense, self.dense_exact,
+                                               folder / "dense.codes.faiss")
         self.units = faiss.read_index(str(folder / "units.faiss")) if (folder / "units.faiss").exists() else None
         self.units_kind = indexes.get("units", FLAT)
-        self.units_exact = (open_exact(folder / "units.npy")
-                            if self.units is not None and self.units_kind != FLAT else None)
+        self.units_exact: ExactRows | None = None
+        self.units_rescore: ExactRows | CodeRows | None = None
+        if self.units is not None and self.units_kind != FLAT:
+            self.units_exact = open_exact(folder / "units.npy")
+            self.units_rescore = open_rescorer(rescoring.get("units", RESCORE_EXACT), self.units, self.units_exact,
+                                               folder / "units.codes.faiss")
         self.unit_owner = np.load(folder / "unit_owner.npy") if self.units is not None else None
         # Memory-mapped: a million passages' postings are ~1 GB, and a question reads only its terms' postings.
         self.lexical = bm25s.BM25.load(str(folder / "bm25"), mmap=True)
@@ -162,8 +180,9 @@ class _Segment:
             return "passages / dense vectors / manifest counts differ"
         if count and (self.min_id != 0 or self.max_id != count - 1):
             return "passage ids are not contiguous"
-        if self.dense_exact is not None and self.dense_exact.shape != (count, self.dense.d):
-            return "exact passage vectors and passages differ in number"
+        for rows in (self.dense_exact, self.dense_rescore):
+            if rows is not None and rows.shape != (count, self.dense.d):
+                return "exact passage vectors and passages differ in number"
         expected = 0
         for source, (first, stop) in self.spans.items():
             if (source not in self.documents and source not in self.deleted) or first != expected or stop < first:
@@ -181,8 +200,9 @@ class _Segment:
                 return "unit vectors and their owners differ in number"
             if len(owner) and (owner.min() < 0 or owner.max() >= count or (np.diff(owner) < 0).any()):
                 return "unit owners point outside the passages"
-            if self.units_exact is not None and self.units_exact.shape != (len(owner), self.units.d):
-                return "exact unit vectors and units differ in number"
+            for rows in (self.units_exact, self.units_rescore):
+                if rows is not None and rows.shape != (len(owner), self.units.d):
+                    return "exact unit vectors and units differ in number"
         return None
 
     # -- vectors ----------------------------------------------------------------------------------------------
@@ -194,13 +214,13 @@ class _Segment:
         limit = min(k, self.live_count if allowed is None else len(allowed))
         if limit <= 0:
             return Scored.empty()
-        if self.dense_exact is not None:
+        if self.dense_rescore is not None:
             if allowed is not None and len(allowed) < self.ann.exact_filter_below:
                 ids = np.asarray(allowed, dtype=np.int64)
-                scores = exact_scores(self.dense_exact, vector, ids)
+                scores = exact_scores(self.dense_rescore, vector, ids)
                 best = top_k_stable(scores, limit)
                 return _ordered(ids[best], scores[best])
-            ids, scores = approximate_search(self.dense, self.dense_exact, vector, limit, self.ann.nprobe, allowed,
+            ids, scores = approximate_search(self.dense, self.dense_rescore, vector, limit, self.ann.nprobe, allowed,
                                              self._dense_selector, self._factor(self.dense_kind))
             return _ordered(ids, scores)
         selector = self._dense_selector if allowed is None else faiss.IDSelectorBatch(allowed)
@@ -217,8 +237,8 @@ class _Segment:
         import faiss
 
         wanted = np.asarray(ids, dtype=np.int64).reshape(1, -1)
-        if self.dense_exact is not None:
-            return exact_scores(self.dense_exact, vector, wanted[0])
+        if self.dense_rescore is not None:
+            return exact_scores(self.dense_rescore, vector, wanted[0])
         out = np.empty(wanted.shape, dtype=np.float32)
         if wanted.size:
             query = np.ascontiguousarray(vector[None, :], dtype=np.float32)
@@ -233,8 +253,8 @@ class _Segment:
         if self.units is None or self.unit_owner is None or self.units.ntotal == 0:
             return Scored.empty()
         limit = min(self.units.ntotal, k)
-        if self.units_exact is not None:
-            ids, scores = approximate_search(self.units, self.units_exact, vector, limit, self.ann.nprobe,
+        if self.units_rescore is not None:
+            ids, scores = approximate_search(self.units, self.units_rescore, vector, limit, self.ann.nprobe,
                                              None, self._units_selector, self._factor(self.units_kind))
             order = np.lexsort((ids, -scores))
             return Scored(self.unit_owner[ids[order]].astype(np.int64), scores[order])
@@ -839,14 +859,21 @@ class EmbeddedWriter:
         vectors = self._stacked(folder / "dense.npy", [r.vectors for r in reports])
         dense, kinds["dense"] = build_index(vectors, self.ann, with_ids=True, progress=self._progress("passage"))
         faiss.write_index(dense, str(folder / "dense.faiss"))
-        del dense, vectors
+        codes = build_rescore_codes(vectors, self.ann, kinds["dense"], self._progress("passage re-scoring codes"))
+        if codes is not None:
+            faiss.write_index(codes, str(folder / "dense.codes.faiss"))
+        del dense, vectors, codes
         if any(r.unit_vectors is not None for r in reports):
             unit_vectors = self._stacked(folder / "units.npy", [r.unit_vectors for r in reports
                                                                 if r.unit_vectors is not None])
             units, kinds["units"] = build_index(unit_vectors, self.ann, with_ids=False,
                                                progress=self._progress("sentence/table-row"))
             faiss.write_index(units, str(folder / "units.faiss"))
-            del units, unit_vectors
+            codes = build_rescore_codes(unit_vectors, self.ann, kinds["units"],
+                                        self._progress("sentence/table-row re-scoring codes"))
+            if codes is not None:
+                faiss.write_index(codes, str(folder / "units.codes.faiss"))
+            del units, unit_vectors, codes
             np.save(folder / "unit_owner.npy", np.asarray(unit_owner, dtype=np.int64))
         for name, kind in (("dense.npy", kinds["dense"]), ("units.npy", kinds.get("units", FLAT))):
             if kind == FLAT:  # a flat index holds the exact vectors itself
@@ -858,8 +885,13 @@ class EmbeddedWriter:
         aliases = sorted(AliasTable.mine(c.text for c in stored).pairs)
         (folder / "aliases.json").write_text(json.dumps(aliases, ensure_ascii=False), encoding="utf-8")
         self._write_meta(folder / "meta.sqlite", reports, stored)
-        return {"path": path, "offset": offset, "chunks": len(stored), "units": len(unit_owner), "indexes": kinds,
-                "deleted": []}
+        rescoring = {name: self.ann.rescoring(count, kinds[name])
+                     for name, count in (("dense", len(stored)), ("units", len(unit_owner))) if name in kinds}
+        entry = {"path": path, "offset": offset, "chunks": len(stored), "units": len(unit_owner), "indexes": kinds,
+                 "deleted": []}
+        if any(way not in ("", RESCORE_EXACT) for way in rescoring.values()):
+            entry["rescore"] = rescoring
+        return entry
 
     def _progress(self, what: str) -> Callable[[int, int], None]:
         """A progress callback for filling an approximate vector index (minutes at millions of vectors): it

@@ -17,7 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.ann import FLAT, IVF_PQ, IVF_SQ8, default_settings, provenance, top_k_stable
+from rag.ann import (
+    FLAT,
+    IVF_PQ,
+    IVF_SQ8,
+    RESCORE_OWN_CODES,
+    RESCORE_SQ,
+    AnnSettings,
+    CodeRows,
+    default_settings,
+    provenance,
+    top_k_stable,
+)
 from rag.api import ReportQA
 from rag.chunking import Chunk
 from rag.faiss_store import EmbeddedStore, EmbeddedWriter
@@ -379,6 +390,44 @@ def test_the_largest_indexes_hold_pq_codes_and_return_exact_scores(exact_qa, tmp
     assert replace(default_settings(), pq_above=2**62).same_indexes(old)
 
 
+def test_the_largest_indexes_re_score_from_codes_in_memory(exact_qa, tmp_path):
+    exact = exact_qa.store
+    passages = len(exact)
+    said: list[str] = []
+    # Passages stay IVF-SQ8 (fewer than pq_above), units become IVF-PQ; both are above codes_rescore_above.
+    coded = _rewrite(exact, tmp_path / "codes", said.append, exact_below=1, min_lists=4, max_lists=4,
+                     train_per_list=100, nprobe=4, pq_above=passages + 1, pq_bytes=8, pq_rescore_factor=4,
+                     codes_rescore_above=1, rescore_bits=6)
+    entry = coded.manifest["segments"][0]
+    assert entry["indexes"] == {"dense": IVF_SQ8, "units": IVF_PQ}
+    assert entry["rescore"] == {"dense": RESCORE_OWN_CODES, "units": RESCORE_SQ}
+    assert (coded.version_dir / "units.codes.faiss").exists() and not (coded.version_dir / "dense.codes.faiss").exists()
+    assert any("re-scoring codes" in line for line in said)
+    segment = coded.segments[0]
+    assert isinstance(segment.dense_rescore, CodeRows) and isinstance(segment.units_rescore, CodeRows)
+    vectors = exact.dense.reconstruct_n(0, passages)  # type: ignore[attr-defined]
+    for chunk_id in range(0, passages, 41):
+        query = vectors[chunk_id]
+        top = coded.dense_top_k(query, 5)
+        assert len(top.ids) == 5 and list(top.scores) == sorted(top.scores, reverse=True)
+        # Scores come from the codes: close to the exact cosines, equal to the decoded vectors' products.
+        assert np.allclose(top.scores, vectors[top.ids] @ query, atol=0.02)
+        decoded = coded.dense.reconstruct_batch(top.ids)  # type: ignore[attr-defined]
+        assert np.allclose(top.scores, decoded @ query, atol=1e-5)
+        ids = [chunk_id, 0, passages - 1]
+        assert np.allclose(coded.dense_scores(query, ids), vectors[ids] @ query, atol=0.02)
+        assert chunk_id in top.ids or top.scores[0] >= query @ query - 0.02
+    units = coded.unit_top_k(vectors[3], 20)
+    reference = exact.unit_top_k(vectors[3], 20)
+    assert abs(units.scores[0] - reference.scores[0]) < 0.02
+    # A passage's own unit vectors and merges still read the exact rows.
+    assert np.allclose(coded.unit_vectors(5), exact.unit_vectors(5))
+    # Settings without codes do not reuse these segments, and an index written before them keeps exact rows.
+    assert not replace(default_settings(), codes_rescore_above=2**62).same_indexes(coded.manifest["ann"])
+    old = {k: v for k, v in coded.manifest["ann"].items() if k not in ("codes_rescore_above", "rescore_bits")}
+    assert replace(AnnSettings(**old), codes_rescore_above=2**62).same_indexes(old)
+
+
 def test_a_write_session_keeps_vectors_in_a_spool_not_in_memory(exact_qa, seed_records, tmp_path):
     exact = exact_qa.store
     index_dir = tmp_path / "index"
@@ -461,3 +510,4 @@ def test_an_upload_to_a_large_index_reads_and_embeds_only_that_report(tiny_model
     # The same upload to a small index (the default threshold) is a full build, as before.
     monkeypatch.setattr(build, "default_settings", default_settings)
     assert build.update_index(qa.corpus_dir, qa.index_dir, qa.embedder, qa.settings.chunker, [last], []) is None
+

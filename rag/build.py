@@ -24,7 +24,7 @@ from .ann import default_settings
 from .boilerplate import boilerplate_map
 from .chunking import CHUNKER_VERSION, Chunk, Chunker, ChunkerSettings
 from .dedup import find_duplicate_documents
-from .documents import Document, LoadFailure, load_corpus, load_document, scan_corpus
+from .documents import Document, LoadFailure, file_sha256, load_corpus, load_document, scan_corpus
 from .embed import Embedder, EmbeddingCache, embed_with_cache
 from .errors import RagError
 from .metadata import ReportInfo, detect_info, load_metadata, merge_info, metadata_path, save_metadata
@@ -110,6 +110,11 @@ def build_index(corpus_dir: Path, index_dir: Path, embedder: Embedder,
     """
     began = time.perf_counter()
     check_target(index_dir)
+    if not force:
+        update = _update_in_place(corpus_dir, index_dir, embedder, settings or ChunkerSettings(), cache, progress,
+                                  log, store)
+        if update is not None:
+            return update
     documents, failures = load_corpus(corpus_dir)
     for failure in failures:
         log(f"跳过 / skipped: {failure.reason}")
@@ -233,6 +238,47 @@ def update_index(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings
     return BuildReport(str(index_dir), len(corpus), written.get("chunks", 0), records.embedded,
                        records.texts - records.embedded, time.perf_counter() - began, failures=failures,
                        duplicates=duplicates)
+
+
+def _update_in_place(corpus_dir: Path, index_dir: Path, embedder: Embedder, settings: ChunkerSettings,
+                     cache: EmbeddingCache | None, progress: Callable[[int, int], None] | None,
+                     log: Callable[[str], None], store: str | None) -> BuildReport | None:
+    """``rag index`` on a large embedded index after a few reports were added, replaced or deleted: read
+    only those (``update_index``) instead of the whole archive. None when a full build is due instead:
+    nothing changed (the build then checks the index and skips), more than ``merge_share`` of the reports
+    changed, or ``update_index`` cannot apply (see there)."""
+    if store_setting(store) != "faiss":
+        return None
+    manifest = store_manifest(index_dir, "faiss")
+    if not manifest or not isinstance(manifest.get("corpus"), dict):
+        return None
+    known: dict[str, str] = manifest["corpus"]
+    failed = {f.get("source") for f in manifest.get("failures", []) if isinstance(f, dict)}
+    built_at = float(manifest.get("built_at", 0))
+    files = {f.name: f.path for f in scan_corpus(corpus_dir)[0]}
+    changed = []
+    for name, path in files.items():
+        if name in known:
+            try:
+                same = file_sha256(path) == known[name]
+            except RagError:
+                same = False  # unreadable now: update_index records why
+            if not same:
+                changed.append(name)
+        elif name not in failed or path.stat().st_mtime > built_at:  # new, or a failed file edited since
+            changed.append(name)
+    removed = sorted(set(known) - set(files))
+    if not changed and not removed:
+        return None
+    if len(changed) + len(removed) > default_settings().merge_share * max(1, len(known)):
+        return None
+    report = update_index(corpus_dir, index_dir, embedder, settings, changed, removed, cache=cache,
+                          progress=progress, log=log, store=store)
+    if report is not None:
+        log(f"增量更新：只读取了变化的 {len(changed)} 份报告，删除 {len(removed)} 份（`rag index --force` 重建全部，"
+            f"并重新查找近似重复的报告） / updated in place: read only {len(changed)} changed reports, removed "
+            f"{len(removed)} (`rag index --force` rebuilds everything and looks for near-duplicates again)")
+    return report
 
 
 def _index_settings(embedder: Embedder, settings: ChunkerSettings) -> dict:

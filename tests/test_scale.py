@@ -511,3 +511,43 @@ def test_an_upload_to_a_large_index_reads_and_embeds_only_that_report(tiny_model
     monkeypatch.setattr(build, "default_settings", default_settings)
     assert build.update_index(qa.corpus_dir, qa.index_dir, qa.embedder, qa.settings.chunker, [last], []) is None
 
+
+
+def test_rag_index_on_a_large_index_reads_only_the_reports_that_changed(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    from rag import build, faiss_store
+    from tests.conftest import CORPUS, SEED_FILES
+
+    segmented = replace(default_settings(), **SEGMENTED)  # the seed reports count as a large index here
+    monkeypatch.setattr(build, "default_settings", lambda: segmented)
+    monkeypatch.setattr(faiss_store, "default_settings", lambda: segmented)
+    first, last = sorted(SEED_FILES)[:4], sorted(SEED_FILES)[4]
+    qa = ReportQA(corpus_dir=copy_corpus(tmp_path / "corpus", first), index_dir=tmp_path / "index", model=tiny_model)
+    qa.build()
+    parsed: list[str] = []
+    for name in ("load_document", "load_corpus"):
+        real = getattr(build, name)
+        monkeypatch.setattr(build, name, lambda *a, real=real, name=name, **k: parsed.append(
+            k.get("source", name)) or real(*a, **k))
+    said: list[str] = []
+
+    shutil.copy(CORPUS / last, qa.corpus_dir / last)  # a report dropped into the corpus folder, then `rag index`
+    added = qa.build(log=said.append)
+    assert parsed == [last] and not added.skipped and added.documents == 5
+    assert any("updated in place" in line for line in said)
+    store = qa.store
+    assert sorted(store.documents) == sorted(SEED_FILES)
+    assert [e["path"] == "." for e in store.manifest["segments"]] == [True, False]  # a new segment, no rewrite
+    passage = store.chunks_of(last)[3]
+    assert passage.id in store.bm25_top_k(store.tokenizer.tokens(passage.text), 3).ids.tolist()
+
+    (qa.corpus_dir / first[0]).unlink()
+    removed = qa.build()
+    assert parsed == [last] and removed.documents == 4 and first[0] not in qa.store.documents
+    assert qa.store.manifest["segments"][0]["deleted"] == [first[0]]
+
+    assert qa.build().skipped and parsed == [last, "load_corpus"]  # nothing changed: checked and skipped
+    qa.build(force=True)  # a forced build reads the whole corpus and rewrites it
+    assert parsed == [last, "load_corpus", "load_corpus"]
+    assert [e["path"] for e in qa.store.manifest["segments"]] == ["."]

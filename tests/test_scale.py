@@ -461,7 +461,8 @@ def test_a_write_session_keeps_vectors_in_a_spool_not_in_memory(exact_qa, seed_r
 def test_the_scale_benchmark_runs_on_a_small_generated_corpus(exact_qa, tmp_path):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
     done = subprocess.run([sys.executable, str(script), "--seed-index", str(exact_qa.index_dir), "--sizes", "700",
-                           "--configs", "scaled", "--queries", "8", "--work", str(tmp_path), "--json"],
+                           "--configs", "scaled", "--queries", "8", "--warmup", "5", "--work", str(tmp_path),
+                           "--drop-caches", "--json"],
                           capture_output=True, text=True, check=False, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "generated data" in done.stderr
@@ -469,6 +470,11 @@ def test_the_scale_benchmark_runs_on_a_small_generated_corpus(exact_qa, tmp_path
     numbers = result["configs"]["scaled"]
     assert result["passages"] == 700 and result["units"] > 700
     assert numbers["added_found"] and numbers["deleted_gone"]
+    assert numbers["hybrid_again_ms"]["n"] == 8 and numbers["first_questions_ms"]["n"] == 5
+    # Only root may drop the page cache; otherwise the run says so and goes on.
+    can_drop = os.access("/proc/sys/vm/drop_caches", os.W_OK)
+    assert numbers["page_cache"] == ("dropped" if can_drop else "as left")
+    assert can_drop or "page cache not dropped" in done.stderr
     # 700 passages are far below the approximate threshold: the store is exact, so recall must be 1.
     assert numbers["dense_recall@10"] == 1.0 and numbers["unit_recall@10"] == 1.0
 
@@ -551,3 +557,16 @@ def test_rag_index_on_a_large_index_reads_only_the_reports_that_changed(tiny_mod
     qa.build(force=True)  # a forced build reads the whole corpus and rewrites it
     assert parsed == [last, "load_corpus", "load_corpus"]
     assert [e["path"] for e in qa.store.manifest["segments"]] == ["."]
+
+
+def test_read_ahead_sweeps_the_files_a_search_reads_at_random_within_a_memory_share(exact_qa, tmp_path):
+    from rag.faiss_store import _read_often, read_ahead
+
+    files = _read_often(exact_qa.store.version_dir)
+    assert files[0].name == "meta.sqlite" and any(f.parent.name == "bm25" for f in files)
+    thread = read_ahead(files)
+    assert thread is not None
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert read_ahead(files, memory_share=1e-12) is None  # more than the share of available memory: left alone
+    assert read_ahead([tmp_path / "missing"]) is None

@@ -418,12 +418,12 @@ def recall(found: list[list[str]], truth) -> float:
     return statistics.fmean(shares)
 
 
-def drop_page_cache(log) -> bool:
+def drop_page_cache(log, control: Path = Path("/proc/sys/vm/drop_caches")) -> bool:
     """Empty the kernel's page cache (needs root), so the search child starts as a server does after a
     reboot: nothing of the index in memory. Whether it worked."""
     os.sync()
     try:
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        control.write_text("1\n")
     except OSError as error:
         log(f"  page cache not dropped ({error}); the search reads what the build left in memory")
         return False

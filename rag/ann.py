@@ -86,8 +86,10 @@ class AnnSettings:
     def same_indexes(self, other: dict) -> bool:
         """Whether an index written with the settings ``other`` (a manifest's) has the vector indexes and
         IDF these settings would give it (the segment policy may differ)."""
+        # Not the re-scoring settings: each segment records how it re-scores, so segments written with and
+        # without codes work side by side, and a new policy does not force a large index to be rewritten.
         shaping = ("exact_below", "lists_per_sqrt", "min_lists", "max_lists", "train_per_list", "idf_exact_below",
-                   "pq_above", "pq_bytes", "codes_rescore_above", "rescore_bits")
+                   "pq_above", "pq_bytes")
         mine, theirs = self.as_dict(), AnnSettings(**other).as_dict() if _complete(other) else other
         return all(theirs.get(key) == mine[key] for key in shaping)
 

@@ -422,10 +422,11 @@ def test_the_largest_indexes_re_score_from_codes_in_memory(exact_qa, tmp_path):
     assert abs(units.scores[0] - reference.scores[0]) < 0.02
     # A passage's own unit vectors and merges still read the exact rows.
     assert np.allclose(coded.unit_vectors(5), exact.unit_vectors(5))
-    # Settings without codes do not reuse these segments, and an index written before them keeps exact rows.
-    assert not replace(default_settings(), codes_rescore_above=2**62).same_indexes(coded.manifest["ann"])
+    # Each segment records how it re-scores: an index written before codes existed keeps its segments (and exact
+    # rows) under the new policy instead of being rewritten whole on the next upload.
+    settings = AnnSettings(**coded.manifest["ann"])
     old = {k: v for k, v in coded.manifest["ann"].items() if k not in ("codes_rescore_above", "rescore_bits")}
-    assert replace(AnnSettings(**old), codes_rescore_above=2**62).same_indexes(old)
+    assert settings.same_indexes(old) and replace(settings, codes_rescore_above=2**62).same_indexes(old)
 
 
 def test_a_write_session_keeps_vectors_in_a_spool_not_in_memory(exact_qa, seed_records, tmp_path):
@@ -584,3 +585,27 @@ def test_read_ahead_sweeps_the_files_a_search_reads_at_random_within_a_memory_sh
     assert not thread.is_alive()
     assert read_ahead(files, memory_share=1e-12) is None  # more than the share of available memory: left alone
     assert read_ahead([tmp_path / "missing"]) is None
+
+
+def test_segments_with_and_without_codes_work_side_by_side(exact_qa, seed_records, tmp_path):
+    exact = exact_qa.store
+    sources = sorted(seed_records)
+    approximate = {"exact_below": 1, "min_lists": 2, "max_lists": 2, "train_per_list": 100, "nprobe": 2}
+    index_dir = tmp_path / "index"
+    # Four reports written before codes existed (exact rows), then one more under the codes policy: the old segment
+    # is kept as it is (no rewrite), the new one re-scores from its own codes.
+    _commit(index_dir, exact, [seed_records[s] for s in sources[:4]], **approximate)
+    _commit(index_dir, exact, [seed_records[sources[4]]], update=True, codes_rescore_above=1, **approximate)
+    store = EmbeddedStore(index_dir)
+    assert [e.get("rescore") for e in store.manifest["segments"]] == [None, {"dense": RESCORE_OWN_CODES,
+                                                                             "units": RESCORE_OWN_CODES}]
+    assert isinstance(store.segments[1].dense_rescore, CodeRows)
+    assert not isinstance(store.segments[0].dense_rescore, CodeRows)
+    for source in (sources[0], sources[4]):
+        passage = exact.chunks_of(source)[2]
+        vector = exact.dense.reconstruct(passage.id)  # type: ignore[attr-defined]
+        top = store.dense_top_k(vector, 3)
+        found = [store.chunk(int(i)).citation for i in top.ids]
+        # The tiny model's vectors are close together: the passage itself or a copy as close as quantisation can tell.
+        assert passage.citation in found or top.scores[0] >= vector @ vector - 0.02
+        assert np.allclose(store.dense_scores(vector, top.ids.tolist()), top.scores, atol=1e-5)

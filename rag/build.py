@@ -265,7 +265,7 @@ def _update_in_place(corpus_dir: Path, index_dir: Path, embedder: Embedder, sett
                 same = False  # unreadable now: update_index records why
             if not same:
                 changed.append(name)
-        elif name not in failed or path.stat().st_mtime > built_at:  # new, or a failed file edited since
+        elif name not in failed or _modified_since(path, built_at):  # new, or a failed file edited since
             changed.append(name)
     removed = sorted(set(known) - set(files))
     if not changed and not removed:
@@ -279,6 +279,14 @@ def _update_in_place(corpus_dir: Path, index_dir: Path, embedder: Embedder, sett
             f"并重新查找近似重复的报告） / updated in place: read only {len(changed)} changed reports, removed "
             f"{len(removed)} (`rag index --force` rebuilds everything and looks for near-duplicates again)")
     return report
+
+
+def _modified_since(path: Path, moment: float) -> bool:
+    """Whether ``path`` was modified after ``moment`` (a file gone meanwhile counts as modified)."""
+    try:
+        return path.stat().st_mtime > moment
+    except OSError:
+        return True
 
 
 def _index_settings(embedder: Embedder, settings: ChunkerSettings) -> dict:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -568,10 +569,20 @@ def test_rag_index_on_a_large_index_reads_only_the_reports_that_changed(tiny_mod
     assert parsed == [last] and removed.documents == 4 and first[0] not in qa.store.documents
     assert qa.store.manifest["segments"][0]["deleted"] == [first[0]]
 
-    assert qa.build().skipped and parsed == [last, "load_corpus"]  # nothing changed: checked and skipped
+    broken = qa.corpus_dir / "broken.pdf"
+    broken.write_bytes(b"not a pdf")
+    qa.build()
+    assert parsed == [last, "broken.pdf"]  # a new file is read alone, fails, and is recorded as failed
+    assert [f["source"] for f in qa.store.manifest["failures"]] == ["broken.pdf"]
+    assert qa.build().skipped and parsed == [last, "broken.pdf", "load_corpus"]  # nothing changed: checked, skipped
+    later = time.time() + 5
+    os.utime(broken, (later, later))  # a failed file is read again once it is edited
+    qa.build()
+    assert parsed == [last, "broken.pdf", "load_corpus", "broken.pdf"]
+    broken.unlink()
     qa.build(force=True)  # a forced build reads the whole corpus and rewrites it
-    assert parsed == [last, "load_corpus", "load_corpus"]
-    assert [e["path"] for e in qa.store.manifest["segments"]] == ["."]
+    assert parsed[-1] == "load_corpus" and parsed.count("load_corpus") == 2
+    assert [e["path"] for e in qa.store.manifest["segments"]] == ["."] and not qa.store.manifest["failures"]
 
 
 def test_read_ahead_sweeps_the_files_a_search_reads_at_random_within_a_memory_share(exact_qa, tmp_path):

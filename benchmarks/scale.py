@@ -282,6 +282,7 @@ def child_build(args: argparse.Namespace) -> dict:
         commits.append(getattr(session, "last_commit", {}))
         return seconds
 
+    sampler = _AnonPeak()
     result = {"build_s": commit(corpus())}
     if args.child_updates:
         gone = gone_source(size)
@@ -296,7 +297,32 @@ def child_build(args: argparse.Namespace) -> dict:
     live = (index_dir / "current").resolve()
     result["disk_mb"] = sum(p.stat().st_size for p in live.rglob("*") if p.is_file()) / 2**20
     result["build_peak_rss_mb"] = peak_rss_mb()
+    result["build_peak_anon_mb"] = sampler.stop()
     return result
+
+
+class _AnonPeak:
+    """The largest RssAnon of this process (its own memory, not file pages it maps), sampled twice a second from
+    a background thread: the kernel keeps a peak only of the whole resident set (VmHWM), which for a build is
+    mostly the mapped spool and vector files."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = _status_mb("RssAnon")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.5):
+            self.peak = max(self.peak, _status_mb("RssAnon"))
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MB."""
+        self._done.set()
+        self._thread.join()
+        return max(self.peak, _status_mb("RssAnon"))
 
 
 def _check_updates(index_dir: Path, extra, gone: str) -> dict:

@@ -268,8 +268,10 @@ class ExactRows:
     @cached_property
     def _map(self) -> np.ndarray:
         # One map per file: a merge reads every report of a segment, and a map per report would hold a file
-        # descriptor per report.
-        return np.load(self.path, mmap_mode="r")
+        # descriptor per report. Mapped from the open descriptor, not the path: a segment taken over by a newer
+        # version may outlive the version folder it was first opened from.
+        with os.fdopen(os.dup(self._descriptor), "rb") as handle:
+            return np.memmap(handle, dtype=np.float32, mode="r", offset=self.offset, shape=self.shape)
 
 
 class CodeRows:

@@ -39,7 +39,7 @@ from .query import Query, analyse
 from .rerank import Reranker, load_cross_encoder
 from .results import Answer, AskResult, GeneratedAnswer, Hit, SearchResult
 from .retrieve import MODES, Retriever
-from .store import Store, open_store, store_setting, store_version, verify_store
+from .store import Store, lender, open_store, store_setting, store_version, verify_store
 from .versions import REBUILD_HINT
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -131,10 +131,11 @@ class ReportQA:
 
     def _built(self) -> None:
         """After a build or update: replaced uploads were kept only until it indexed what replaced them;
-        the store is reloaded on next use (the old index served queries meanwhile)."""
+        the store is reloaded on next use (the old index served queries meanwhile, and lends the new one the
+        segments both share)."""
         shutil.rmtree(self.corpus_dir / REPLACED_DIR, ignore_errors=True)
         with self._lock:
-            self._store = self._retriever = None
+            self._loaded_version = self._retriever = None
 
     @property
     def building(self) -> bool:
@@ -162,7 +163,10 @@ class ReportQA:
         with self._lock:
             version = store_version(self.index_dir, self.store_location)
             if self._store is None or version != self._loaded_version:
-                store = open_store(self.index_dir, self.store_location)
+                lending = lender(self._store)
+                self._store = self._retriever = None  # freed before the new one loads, unless it lends segments
+                store = open_store(self.index_dir, self.store_location, previous=lending)
+                del lending
                 embedder = self.embedder
                 if embedder.name != store.manifest["model"] or embedder.dimension != store.manifest.get("dimension"):
                     raise RagError(f"索引由模型 {store.manifest['model']} 建立，当前模型为 {embedder.name}。"

@@ -42,6 +42,7 @@ next writer (``rag.versions.clean_leftovers``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -118,7 +119,7 @@ class _Segment:
 
         self.path: str = entry["path"]
         self.offset: int = int(entry["offset"])
-        self.deleted: set[str] = set(entry.get("deleted", []))
+        self.identity = segment_identity(folder)
         self.ann = ann
         indexes = entry.get("indexes", {})
         self.dense = faiss.read_index(str(folder / "dense.faiss"))
@@ -148,14 +149,28 @@ class _Segment:
         self.alias_pairs = json.loads((folder / "aliases.json").read_text(encoding="utf-8"))
         self.db = sqlite3.connect(f"file:{folder / 'meta.sqlite'}?mode=ro", uri=True, check_same_thread=False)
         self.lock = threading.Lock()
-        self.documents: dict[str, StoredDocument] = {}
-        for row in self.db.execute("SELECT * FROM documents"):
-            if row[0] not in self.deleted:
-                self.documents[row[0]] = _document(row)
+        self._every_document = {row[0]: _document(row) for row in self.db.execute("SELECT * FROM documents")}
         self.spans = {source: (first, stop) for source, first, stop in
                       self.db.execute("SELECT source, first, stop FROM spans ORDER BY first, stop")}
         self.count, self.min_id, self.max_id = self.db.execute(
             "SELECT COUNT(*), MIN(id), MAX(id) FROM chunks").fetchone()
+        self._apply_deletions(set(entry.get("deleted", [])))
+
+    def reused(self, entry: dict) -> _Segment:
+        """This loaded segment as a newer version lists it (the same files, hard-linked; perhaps more of its
+        reports deleted): its indexes, codes and connections are shared, only the deletion masks are new."""
+        other = copy.copy(self)
+        other.path = entry["path"]
+        other._apply_deletions(set(entry.get("deleted", [])))
+        return other
+
+    def _apply_deletions(self, deleted: set[str]) -> None:
+        """The reports, spans and search masks left when the reports ``deleted`` are masked out."""
+        import faiss
+
+        self.deleted = deleted
+        self.documents: dict[str, StoredDocument] = {
+            source: document for source, document in self._every_document.items() if source not in deleted}
         self.live_spans = {s: span for s, span in self.spans.items() if s not in self.deleted}
         self.live_count = sum(stop - first for first, stop in self.live_spans.values())
         # Deleted passages are masked out of every search with a bitmap selector (None: all live).
@@ -329,7 +344,10 @@ def _lucene_idf(frequency: int, count: int) -> float:
 class EmbeddedStore:
     """A loaded version of the embedded store."""
 
-    def __init__(self, index_dir: Path):
+    def __init__(self, index_dir: Path, previous: EmbeddedStore | None = None):
+        """Load the live version of ``index_dir``. Segments it shares with ``previous`` (an earlier version of the
+        same index, still loaded: after an upload, every segment but the new one) are taken over from it instead
+        of being read again: at a million passages that is gigabytes of vector indexes and codes."""
         self.index_dir = index_dir
         live = resolve_live(index_dir)  # once: every file comes from this one version
         manifest = manifest_of(live)
@@ -350,9 +368,14 @@ class EmbeddedStore:
         try:
             self.ann = AnnSettings(**manifest["ann"])
             entries = manifest["segments"]
+            loaded = {} if previous is None or previous.index_dir != index_dir else previous._loaded_segments()
+            kept = [loaded.get((int(entry["offset"]), segment_identity(live / entry["path"]))) for entry in entries]
             # Started first: the read-ahead runs while the vector indexes load.
-            read_ahead([path for entry in entries for path in _read_often(live / entry["path"])])
-            self.segments = [_Segment(live / entry["path"], entry, self.ann) for entry in entries]
+            read_ahead([path for entry, old in zip(entries, kept, strict=True) if old is None
+                        for path in _read_often(live / entry["path"])])
+            self.segments: list[_Segment] = [
+                _Segment(live / entry["path"], entry, self.ann) if old is None else old.reused(entry)
+                for entry, old in zip(entries, kept, strict=True)]
         except Exception as exc:  # any damage to the files means the same thing to the user
             raise RagError(f"索引已损坏：{index_dir}（{exc}）。{REBUILD_HINT}") from exc
         base = self.segments[0]
@@ -375,6 +398,21 @@ class EmbeddedStore:
             raise RagError(f"索引文件不一致：{index_dir}（{problem}）。{REBUILD_HINT}")
         self._idf: dict[str, float] = {}
         self._bm25_cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
+
+    def _loaded_segments(self) -> dict[tuple, _Segment]:
+        """This version's segments by (id offset, files' identity)."""
+        return {(segment.offset, segment.identity): segment for segment in self.segments}
+
+    def lends_to_live(self) -> bool:
+        """Whether the version now live in this store's folder shares a segment with this loaded one (then
+        loading it with ``previous=self`` takes that segment over instead of reading it again)."""
+        live = resolve_live(self.index_dir)
+        manifest = manifest_of(live)
+        if live is None or manifest is None or not isinstance(manifest.get("segments"), list):
+            return False
+        loaded = self._loaded_segments()
+        return any((int(entry.get("offset", -1)), segment_identity(live / str(entry.get("path", ""))))
+                   in loaded for entry in manifest["segments"] if isinstance(entry, dict))
 
     def _inconsistency(self, entries: list[dict]) -> str | None:
         """What does not fit together between the files of this version (None when all agree)."""
@@ -563,6 +601,19 @@ class EmbeddedStore:
                 frequency = sum(s.document_frequency(term) for s in self.segments)
             self._idf[term] = float(np.log((self._count + 1) / (frequency + 0.5)))
         return self._idf[term]
+
+
+def segment_identity(folder: Path) -> tuple:
+    """What tells a segment's files apart from any other's: the inode, size and modification time of its
+    passages and its vector index (a segment kept into a newer version is hard-linked, so these stay)."""
+    identity = []
+    for name in ("meta.sqlite", "dense.faiss"):
+        try:
+            info = (folder / name).stat()
+        except OSError:
+            return (folder, None)  # unreadable: never equal to a loaded segment's
+        identity.append((name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(identity)
 
 
 def _read_often(folder: Path) -> list[Path]:

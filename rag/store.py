@@ -157,11 +157,12 @@ def _is_milvus(setting: str) -> bool:
     return setting.startswith("milvus://")
 
 
-def open_store(index_dir: Path, location: str | None = None) -> Store:
+def open_store(index_dir: Path, location: str | None = None, previous: Store | None = None) -> Store:
     """The store in ``index_dir`` (or at ``location``; raises ``RagError`` with a rebuild hint when unusable).
 
     A build may publish a new version while this one loads: when loading fails and another version
     went live meanwhile, the new one is loaded instead, so a reader never reports a sound index as broken.
+    ``previous``, an earlier version of the same embedded index still loaded, lends the segments both share.
     """
     setting = store_setting(location)
     if _is_milvus(setting):
@@ -172,14 +173,24 @@ def open_store(index_dir: Path, location: str | None = None) -> Store:
     from .versions import check_target, resolve_live
 
     check_target(index_dir)
+    lender = previous if isinstance(previous, EmbeddedStore) else None
     for _ in range(3):
         before = resolve_live(index_dir)
         try:
-            return EmbeddedStore(index_dir)
+            return EmbeddedStore(index_dir, lender)
         except RagError:
             if resolve_live(index_dir) == before:
                 raise
-    return EmbeddedStore(index_dir)
+    return EmbeddedStore(index_dir, lender)
+
+
+def lender(previous: Store | None) -> Store | None:
+    """``previous`` when the version now live in its folder shares segments with it (see ``open_store``), else
+    None: a caller drops a store that lends nothing before loading the new one, so two whole indexes are
+    never in memory at once."""
+    from .faiss_store import EmbeddedStore
+
+    return previous if isinstance(previous, EmbeddedStore) and previous.lends_to_live() else None
 
 
 def verify_store(index_dir: Path, location: str | None = None) -> list[str]:

@@ -518,9 +518,11 @@ def test_an_upload_to_a_large_index_reads_and_embeds_only_that_report(tiny_model
     monkeypatch.setattr(build, "load_document", lambda path, source=None: parsed.append(source) or real_load(
         path, source=source))
 
+    before = qa.store
     added = qa.add_report(CORPUS / last)
     store = qa.store
     assert parsed == [last] and not added.skipped  # only the new report was read
+    assert store is not before and store.segments[0].dense is before.segments[0].dense  # base segment taken over
     assert added.documents == 5 and sorted(store.documents) == sorted(SEED_FILES)
     own_texts = len(store.chunks_of(last)) + sum(len(store.unit_vectors(c.id)) for c in store.chunks_of(last))
     assert added.embedded + added.reused == own_texts  # nothing of the other reports was embedded again
@@ -621,3 +623,48 @@ def test_segments_with_and_without_codes_work_side_by_side(exact_qa, seed_record
         # The tiny model's vectors are close together: the passage itself or a copy as close as quantisation can tell.
         assert passage.citation in found or top.scores[0] >= vector @ vector - 0.02
         assert np.allclose(store.dense_scores(vector, top.ids.tolist()), top.scores, atol=1e-5)
+
+
+def test_a_newer_version_takes_over_the_segments_it_shares_with_the_loaded_one(exact_qa, seed_records, tmp_path):
+    import shutil
+
+    exact = exact_qa.store
+    sources = sorted(seed_records)
+    approximate = {"exact_below": 1, "min_lists": 2, "max_lists": 2, "train_per_list": 100, "nprobe": 2}
+    index_dir = tmp_path / "index"
+    _commit(index_dir, exact, [seed_records[s] for s in sources[:4]], **approximate)
+    first = EmbeddedStore(index_dir)
+    _commit(index_dir, exact, [seed_records[sources[4]]], update=True, **approximate)
+    assert first.lends_to_live()
+    added = EmbeddedStore(index_dir, previous=first)
+    assert added.segments[0].dense is first.segments[0].dense and added.segments[0].db is first.segments[0].db
+    assert len(added.segments) == 2 and added.segments[1].dense is not first.segments[0].dense
+    _commit(index_dir, exact, [], removed=[sources[0]], update=True, **approximate)
+    removed = EmbeddedStore(index_dir, previous=added)
+    assert removed.segments[0].units is added.segments[0].units
+    assert sources[0] not in removed.documents and sources[0] in added.documents  # the lender is not changed
+    fresh = EmbeddedStore(index_dir)
+    vectors = exact.dense.reconstruct_n(0, len(exact))  # type: ignore[attr-defined]
+    for vector in vectors[::29]:
+        for k in (3, 40):
+            ours, theirs = removed.dense_top_k(vector, k), fresh.dense_top_k(vector, k)
+            assert ours.ids.tolist() == theirs.ids.tolist() and np.allclose(ours.scores, theirs.scores)
+            ours, theirs = removed.unit_top_k(vector, k), fresh.unit_top_k(vector, k)
+            assert ours.ids.tolist() == theirs.ids.tolist() and np.allclose(ours.scores, theirs.scores)
+    tokens = exact.tokenizer.tokens(exact.chunks_of(sources[1])[2].text)
+    assert removed.bm25_top_k(tokens, 10).ids.tolist() == fresh.bm25_top_k(tokens, 10).ids.tolist()
+    assert removed.documents.keys() == fresh.documents.keys() and len(removed) == len(fresh)
+    # The version folder the shared segment was first opened from is removed by later commits: its files live
+    # on in the newer version (hard links) and are read through open descriptors.
+    old_folder = first.version_dir
+    assert old_folder != removed.version_dir
+    shutil.rmtree(old_folder, ignore_errors=True)
+    assert not old_folder.exists()
+    segment = removed.segments[0]
+    assert segment.units_exact is not None and np.allclose(segment.units_exact.mapped(0, 3),
+                                                           fresh.segments[0].units_exact.mapped(0, 3))
+    live_id = fresh.chunks_of(sources[1])[2].id
+    assert removed.chunk(live_id).text == fresh.chunk(live_id).text
+    # A whole rewrite shares nothing: the old store lends nothing, so a caller can drop it before loading.
+    _commit(index_dir, exact, [seed_records[s] for s in sources], rewrite_below=2**62, **approximate)
+    assert not removed.lends_to_live()

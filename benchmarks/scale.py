@@ -284,20 +284,32 @@ def child_build(args: argparse.Namespace) -> dict:
 
     sampler = _AnonPeak()
     result = {"build_s": commit(corpus())}
+    result["build_peak_rss_mb"] = peak_rss_mb()
+    result["build_peak_anon_mb"] = sampler.stop()
     if args.child_updates:
         gone = gone_source(size)
         if args.config == "main":  # its only way: rewrite everything
             result["add_one_s"] = commit([*corpus(), extra])
             result["delete_one_s"] = commit([r for r in [*corpus(), extra] if r.document.source != gone])
         else:
+            # A server holds the index loaded while reports are added and deleted; after each commit it loads
+            # the new version, taking over the segments the two share.
+            from rag.store import open_store
+
+            served = open_store(index_dir)
             result["add_one_s"] = commit([extra], update=True)
+            began = time.perf_counter()
+            served = open_store(index_dir, previous=served)
+            result["reload_after_add_s"] = time.perf_counter() - began
             result["delete_one_s"] = commit([], removed=[gone], update=True)
+            began = time.perf_counter()
+            served = open_store(index_dir, previous=served)
+            result["reload_after_delete_s"] = time.perf_counter() - began
+            del served
             result.update(_check_updates(index_dir, extra, gone))
     result["commits"] = [c.get("kind", "rewrite") for c in commits]
     live = (index_dir / "current").resolve()
     result["disk_mb"] = sum(p.stat().st_size for p in live.rglob("*") if p.is_file()) / 2**20
-    result["build_peak_rss_mb"] = peak_rss_mb()
-    result["build_peak_anon_mb"] = sampler.stop()
     return result
 
 

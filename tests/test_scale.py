@@ -473,6 +473,7 @@ def test_the_scale_benchmark_runs_on_a_small_generated_corpus(exact_qa, tmp_path
     assert numbers["added_found"] and numbers["deleted_gone"]
     assert numbers["hybrid_again_ms"]["n"] == 8 and numbers["first_questions_ms"]["n"] == 5
     assert 0 < numbers["build_peak_anon_mb"] <= numbers["build_peak_rss_mb"]
+    assert numbers["reload_after_add_s"] >= 0 and numbers["reload_after_delete_s"] >= 0
     assert numbers["page_cache"] == "as left"  # --drop-caches not given (it would empty the whole machine's cache)
     # 700 passages are far below the approximate threshold: the store is exact, so recall must be 1.
     assert numbers["dense_recall@10"] == 1.0 and numbers["unit_recall@10"] == 1.0

@@ -602,15 +602,25 @@ def test_read_ahead_sweeps_the_files_a_search_reads_at_random_within_a_memory_sh
     assert read_ahead([tmp_path / "missing"]) is None
 
 
+TINY_IVF = {"exact_below": 1, "min_lists": 2, "max_lists": 2, "train_per_list": 100, "nprobe": 2}
+
+
+def _four_then_one(index_dir: Path, store: EmbeddedStore, seed_records, between=lambda: None,
+                   **fifth_settings) -> list[str]:
+    """Four seed reports committed as IVF segments, then (after ``between()``) the fifth as an update."""
+    sources = sorted(seed_records)
+    _commit(index_dir, store, [seed_records[s] for s in sources[:4]], **TINY_IVF)
+    between()
+    _commit(index_dir, store, [seed_records[sources[4]]], update=True, **{**TINY_IVF, **fifth_settings})
+    return sources
+
+
 def test_segments_with_and_without_codes_work_side_by_side(exact_qa, seed_records, tmp_path):
     exact = exact_qa.store
-    sources = sorted(seed_records)
-    approximate = {"exact_below": 1, "min_lists": 2, "max_lists": 2, "train_per_list": 100, "nprobe": 2}
     index_dir = tmp_path / "index"
     # Four reports written before codes existed (exact rows), then one more under the codes policy: the old segment
     # is kept as it is (no rewrite), the new one re-scores from its own codes.
-    _commit(index_dir, exact, [seed_records[s] for s in sources[:4]], **approximate)
-    _commit(index_dir, exact, [seed_records[sources[4]]], update=True, codes_rescore_above=1, **approximate)
+    sources = _four_then_one(index_dir, exact, seed_records, codes_rescore_above=1)
     store = EmbeddedStore(index_dir)
     assert [e.get("rescore") for e in store.manifest["segments"]] == [None, {"dense": RESCORE_OWN_CODES,
                                                                              "units": RESCORE_OWN_CODES}]
@@ -630,17 +640,15 @@ def test_a_newer_version_takes_over_the_segments_it_shares_with_the_loaded_one(e
     import shutil
 
     exact = exact_qa.store
-    sources = sorted(seed_records)
-    approximate = {"exact_below": 1, "min_lists": 2, "max_lists": 2, "train_per_list": 100, "nprobe": 2}
     index_dir = tmp_path / "index"
-    _commit(index_dir, exact, [seed_records[s] for s in sources[:4]], **approximate)
-    first = EmbeddedStore(index_dir)
-    _commit(index_dir, exact, [seed_records[sources[4]]], update=True, **approximate)
+    loaded: list[EmbeddedStore] = []
+    sources = _four_then_one(index_dir, exact, seed_records, between=lambda: loaded.append(EmbeddedStore(index_dir)))
+    first = loaded[0]
     assert first.lends_to_live()
     added = EmbeddedStore(index_dir, previous=first)
     assert added.segments[0].dense is first.segments[0].dense and added.segments[0].db is first.segments[0].db
     assert len(added.segments) == 2 and added.segments[1].dense is not first.segments[0].dense
-    _commit(index_dir, exact, [], removed=[sources[0]], update=True, **approximate)
+    _commit(index_dir, exact, [], removed=[sources[0]], update=True, **TINY_IVF)
     removed = EmbeddedStore(index_dir, previous=added)
     assert removed.segments[0].units is added.segments[0].units
     assert sources[0] not in removed.documents and sources[0] in added.documents  # the lender is not changed
@@ -667,5 +675,5 @@ def test_a_newer_version_takes_over_the_segments_it_shares_with_the_loaded_one(e
     live_id = fresh.chunks_of(sources[1])[2].id
     assert removed.chunk(live_id).text == fresh.chunk(live_id).text
     # A whole rewrite shares nothing: the old store lends nothing, so a caller can drop it before loading.
-    _commit(index_dir, exact, [seed_records[s] for s in sources], rewrite_below=2**62, **approximate)
+    _commit(index_dir, exact, [seed_records[s] for s in sources], rewrite_below=2**62, **TINY_IVF)
     assert not removed.lends_to_live()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import pickle
 import resource
@@ -413,10 +414,8 @@ def child_search(args: argparse.Namespace) -> dict:
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM: unlike ``ru_maxrss`` it does not carry the parent's peak
     across fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
+    return peak if not math.isnan(peak) else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _status_mb(field: str) -> float:

@@ -238,7 +238,6 @@ class ExactRows:
             self.offset = handle.tell()
         if fortran or dtype != np.float32 or len(shape) != 2:
             raise ValueError(f"{path}: not a float32 matrix")
-        self.path = path
         self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
         self._row_bytes = self.shape[1] * 4
         self._descriptor = os.open(path, os.O_RDONLY)

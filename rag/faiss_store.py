@@ -368,8 +368,8 @@ class EmbeddedStore:
         try:
             self.ann = AnnSettings(**manifest["ann"])
             entries = manifest["segments"]
-            loaded = {} if previous is None or previous.index_dir != index_dir else previous._loaded_segments()
-            kept = [loaded.get((int(entry["offset"]), segment_identity(live / entry["path"]))) for entry in entries]
+            kept = ([None] * len(entries) if previous is None or previous.index_dir != index_dir
+                    else previous._shared(live, entries))
             # Started first: the read-ahead runs while the vector indexes load.
             read_ahead([path for entry, old in zip(entries, kept, strict=True) if old is None
                         for path in _read_often(live / entry["path"])])
@@ -399,9 +399,12 @@ class EmbeddedStore:
         self._idf: dict[str, float] = {}
         self._bm25_cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
 
-    def _loaded_segments(self) -> dict[tuple, _Segment]:
-        """This version's segments by (id offset, files' identity)."""
-        return {(segment.offset, segment.identity): segment for segment in self.segments}
+    def _shared(self, folder: Path, entries: list[dict]) -> list[_Segment | None]:
+        """For each segment ``entries`` list in the version ``folder``: this loaded version's segment with the
+        same id offset and the same files (hard-linked), or None."""
+        loaded = {(segment.offset, segment.identity): segment for segment in self.segments}
+        return [loaded.get((int(entry.get("offset", -1)), segment_identity(folder / str(entry.get("path", "")))))
+                if isinstance(entry, dict) else None for entry in entries]
 
     def lends_to_live(self) -> bool:
         """Whether the version now live in this store's folder shares a segment with this loaded one (then
@@ -410,9 +413,7 @@ class EmbeddedStore:
         manifest = manifest_of(live)
         if live is None or manifest is None or not isinstance(manifest.get("segments"), list):
             return False
-        loaded = self._loaded_segments()
-        return any((int(entry.get("offset", -1)), segment_identity(live / str(entry.get("path", ""))))
-                   in loaded for entry in manifest["segments"] if isinstance(entry, dict))
+        return any(segment is not None for segment in self._shared(live, manifest["segments"]))
 
     def _inconsistency(self, entries: list[dict]) -> str | None:
         """What does not fit together between the files of this version (None when all agree)."""

@@ -173,15 +173,15 @@ def open_store(index_dir: Path, location: str | None = None, previous: Store | N
     from .versions import check_target, resolve_live
 
     check_target(index_dir)
-    lender = previous if isinstance(previous, EmbeddedStore) else None
+    borrowed = previous if isinstance(previous, EmbeddedStore) else None
     for _ in range(3):
         before = resolve_live(index_dir)
         try:
-            return EmbeddedStore(index_dir, lender)
+            return EmbeddedStore(index_dir, borrowed)
         except RagError:
             if resolve_live(index_dir) == before:
                 raise
-    return EmbeddedStore(index_dir, lender)
+    return EmbeddedStore(index_dir, borrowed)
 
 
 def lender(previous: Store | None) -> Store | None:

@@ -127,13 +127,20 @@ def _leftover(sentence: str, terms: tuple[str, ...]) -> str:
     return re.sub(r"[\W_]+", "", rest)
 
 
-def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | None = None,
-                   max_passages: int = 3) -> Answer:
-    """Pick the sentences of the top passages that answer the question best, with markers."""
-    settings = settings or AnswerSettings()
-    probability = unanswerable_probability(query, hits, settings.abstention)
-    if refuses(probability, hits, settings.abstention):
-        return Answer(NOT_FOUND, True, [], probability)
+@dataclass(frozen=True)
+class Candidate:
+    """A sentence or table row an answer may quote: its score, the passage it comes from (``position``
+    among the hits), its order within that passage, and the text quoted."""
+
+    score: float
+    position: int
+    order: int
+    quoted: str
+
+
+def answer_candidates(query: Query, hits: list[Hit], settings: AnswerSettings,
+                      max_passages: int = 3) -> list[Candidate]:
+    """Every sentence of the top ``max_passages`` hits that could answer ``query``, best first."""
     units = []
     seen: set[str] = set()
     for position, hit in enumerate(hits[:max_passages]):
@@ -158,19 +165,36 @@ def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | Non
         score = (query.coverage(fold_key(unit.scored_as))
                  + settings.similarity_weight * hit.sentence_similarities.get(key, 0.0)
                  - 0.1 * position - 0.001 * order)
-        candidates.append((score, position, order, unit.quoted))
-    if not candidates:
-        return Answer(NOT_FOUND, True, [], probability)
-    chosen = sorted(candidates, reverse=True)[:settings.sentences]
-    chosen = [c for c in chosen if c[0] > 0] or chosen[:1]
-    chosen = chosen[:1] + [c for c in chosen[1:] if c[0] >= settings.follow_ratio * chosen[0][0]]
-    # The best sentence leads (it states what was asked); the others follow in reading order.
-    chosen = chosen[:1] + sorted(chosen[1:], key=lambda c: (c[1], c[2]))
+        candidates.append(Candidate(score, position, order, unit.quoted))
+    return sorted(candidates, key=lambda c: (c.score, c.position, c.order, c.quoted), reverse=True)
+
+
+def cited_answer(chosen: list[Candidate], hits: list[Hit], probability: float | None = None,
+                 caution: bool = False) -> Answer:
+    """An answer quoting ``chosen`` in the order given, each followed by its passage's marker."""
     used: list[int] = []
     parts = []
-    for _, position, _, sentence in chosen:
-        if position not in used:
-            used.append(position)
-        parts.append(f"{sentence}[{used.index(position) + 1}]")
-    caution = probability is not None and probability >= settings.abstention.caution
+    for candidate in chosen:
+        if candidate.position not in used:
+            used.append(candidate.position)
+        parts.append(f"{candidate.quoted}[{used.index(candidate.position) + 1}]")
     return Answer("".join(parts), False, [hits[p] for p in used], probability, caution=caution)
+
+
+def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | None = None,
+                   max_passages: int = 3) -> Answer:
+    """Pick the sentences of the top passages that answer the question best, with markers."""
+    settings = settings or AnswerSettings()
+    probability = unanswerable_probability(query, hits, settings.abstention)
+    if refuses(probability, hits, settings.abstention):
+        return Answer(NOT_FOUND, True, [], probability)
+    candidates = answer_candidates(query, hits, settings, max_passages)
+    if not candidates:
+        return Answer(NOT_FOUND, True, [], probability)
+    chosen = candidates[:settings.sentences]
+    chosen = [c for c in chosen if c.score > 0] or chosen[:1]
+    chosen = chosen[:1] + [c for c in chosen[1:] if c.score >= settings.follow_ratio * chosen[0].score]
+    # The best sentence leads (it states what was asked); the others follow in reading order.
+    chosen = chosen[:1] + sorted(chosen[1:], key=lambda c: (c.position, c.order))
+    caution = probability is not None and probability >= settings.abstention.caution
+    return cited_answer(chosen, hits, probability, caution)

@@ -29,12 +29,12 @@ import argparse
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from rag.answer import Candidate, answer_candidates, cited_answer
+from rag.answer import Candidate, answer_candidates, cited_answer, select_sentences
 from rag.api import ReportQA
 from rag.embed import document_input
 from rag.evaluate import MARKER, answer_quality, key_terms, load_questions, numbers_in
@@ -84,8 +84,7 @@ def quote_clauses(picked: Iterable[Clause], priority: dict[int, float], hits: li
         for clause in sorted(groups[rank], key=lambda c: c.index):
             text += (ELISION if last is not None and clause.index != last + 1 else "") + clause.text
             last = clause.index
-        candidate = groups[rank][0].candidate
-        quoted.append(Candidate(candidate.score, candidate.position, candidate.order, text.rstrip("，,；;")))
+        quoted.append(replace(groups[rank][0].candidate, quoted=text.rstrip("，,；;")))
     return cited_answer(quoted, hits)
 
 
@@ -261,16 +260,11 @@ def main() -> None:
         chosen = pick(case)
         return cited_answer(chosen or case.candidates[:1], case.hits) if case.candidates else Answer("", True, [])
 
-    def replied_selection(case: Case) -> list[Candidate]:
-        chosen = [c for c in case.candidates[:settings.sentences] if c.score > 0] or case.candidates[:1]
-        chosen = chosen[:1] + [c for c in chosen[1:] if c.score >= settings.follow_ratio * chosen[0].score]
-        return chosen[:1] + sorted(chosen[1:], key=lambda c: (c.position, c.order))
-
     def stating(case: Case, depth: int) -> list[Candidate]:
         return [c for c in case.candidates[:depth] if states_reference(c.quoted, case.wanted, case.terms)]
 
     rows = {
-        "same sentences, never refusing": lambda c: sentences(c, replied_selection),
+        "same sentences, never refusing": lambda c: sentences(c, lambda k: select_sentences(k.candidates, settings)),
         "best sentence only": lambda c: sentences(c, lambda k: k.candidates[:1]),
         "bound: every candidate sentence": lambda c: sentences(c, lambda k: k.candidates),
         "bound: the best 5 candidates that state the reference": lambda c: sentences(c, lambda k: stating(k, 5)),

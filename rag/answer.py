@@ -191,10 +191,15 @@ def compose_answer(query: Query, hits: list[Hit], settings: AnswerSettings | Non
     candidates = answer_candidates(query, hits, settings, max_passages)
     if not candidates:
         return Answer(NOT_FOUND, True, [], probability)
+    caution = probability is not None and probability >= settings.abstention.caution
+    return cited_answer(select_sentences(candidates, settings), hits, probability, caution)
+
+
+def select_sentences(candidates: list[Candidate], settings: AnswerSettings) -> list[Candidate]:
+    """The sentences an answer quotes from ``candidates`` (best first, as ``answer_candidates`` ranks them):
+    at most ``settings.sentences``, the followers only when they score ``follow_ratio`` of the best."""
     chosen = candidates[:settings.sentences]
     chosen = [c for c in chosen if c.score > 0] or chosen[:1]
     chosen = chosen[:1] + [c for c in chosen[1:] if c.score >= settings.follow_ratio * chosen[0].score]
     # The best sentence leads (it states what was asked); the others follow in reading order.
-    chosen = chosen[:1] + sorted(chosen[1:], key=lambda c: (c.position, c.order))
-    caution = probability is not None and probability >= settings.abstention.caution
-    return cited_answer(chosen, hits, probability, caution)
+    return chosen[:1] + sorted(chosen[1:], key=lambda c: (c.position, c.order))

@@ -298,7 +298,7 @@ def _index_settings(embedder: Embedder, settings: ChunkerSettings) -> dict:
 def _metadata_unchanged(corpus_dir: Path, manifest: dict) -> bool:
     """Whether ``metadata.json`` is missing or not edited since the index was built."""
     metadata_file = metadata_path(corpus_dir)
-    return not metadata_file.exists() or metadata_file.stat().st_mtime <= manifest.get("built_at", 0)
+    return not metadata_file.exists() or not _modified_since(metadata_file, manifest.get("built_at", 0))
 
 
 def _identical_reports(corpus: dict[str, str], previous: dict[str, list[str]], new: set[str]) -> dict[str, list[str]]:

@@ -132,17 +132,13 @@ class _Segment:
         if self.dense_kind == FLAT:
             self._flat = faiss.downcast_index(self.dense.index)  # type: ignore[attr-defined]
         else:
-            self.dense_exact = open_exact(folder / "dense.npy")
-            self.dense_rescore = open_rescorer(rescoring.get("dense", RESCORE_EXACT), self.dense, self.dense_exact,
-                                               folder / "dense.codes.faiss")
+            self.dense_exact, self.dense_rescore = _rows_beside(folder, "dense", self.dense, rescoring)
         self.units = faiss.read_index(str(folder / "units.faiss")) if (folder / "units.faiss").exists() else None
         self.units_kind = indexes.get("units", FLAT)
         self.units_exact: ExactRows | None = None
         self.units_rescore: ExactRows | CodeRows | None = None
         if self.units is not None and self.units_kind != FLAT:
-            self.units_exact = open_exact(folder / "units.npy")
-            self.units_rescore = open_rescorer(rescoring.get("units", RESCORE_EXACT), self.units, self.units_exact,
-                                               folder / "units.codes.faiss")
+            self.units_exact, self.units_rescore = _rows_beside(folder, "units", self.units, rescoring)
         self.unit_owner = np.load(folder / "unit_owner.npy") if self.units is not None else None
         # Memory-mapped: a million passages' postings are ~1 GB, and a question reads only its terms' postings.
         self.lexical = bm25s.BM25.load(str(folder / "bm25"), mmap=True)
@@ -290,9 +286,10 @@ class _Segment:
         return np.vstack([self.units.reconstruct(i) for i in range(first, stop)])
 
     def passage_vectors(self, first: int, stop: int) -> np.ndarray:
-        """The exact vectors of the local passages ``first`` … ``stop``-1."""
+        """The exact vectors of the local passages ``first`` … ``stop``-1 (memory-mapped when they lie beside an
+        approximate index: merges read whole segments this way without copying them into memory)."""
         if self.dense_exact is not None:
-            return np.asarray(self.dense_exact[first:stop], dtype=np.float32)
+            return self.dense_exact.mapped(first, stop)
         if stop <= first:
             return np.zeros((0, self.dense.d), dtype=np.float32)
         return self.dense.reconstruct_batch(np.arange(first, stop, dtype=np.int64))
@@ -602,6 +599,13 @@ class EmbeddedStore:
                 frequency = sum(s.document_frequency(term) for s in self.segments)
             self._idf[term] = float(np.log((self._count + 1) / (frequency + 0.5)))
         return self._idf[term]
+
+
+def _rows_beside(folder: Path, name: str, index, rescoring: dict) -> tuple[ExactRows, ExactRows | CodeRows]:
+    """The exact rows beside the approximate index ``name`` of a segment, and what its candidates are re-scored
+    with, as the segment's manifest entry records (``rescoring``; absent: the exact rows)."""
+    exact = open_exact(folder / f"{name}.npy")
+    return exact, open_rescorer(rescoring.get(name, RESCORE_EXACT), index, exact, folder / f"{name}.codes.faiss")
 
 
 def segment_identity(folder: Path) -> tuple:
@@ -943,29 +947,13 @@ class EmbeddedWriter:
     def _write_segment(self, folder: Path, path: str, offset: int, reports: list[ReportRecords]) -> dict:
         """Write one segment's files for ``reports`` (sorted by source) and return its manifest entry."""
         import bm25s
-        import faiss
 
         folder.mkdir(parents=True, exist_ok=True)
         stored, unit_owner = self._assemble(reports)
-        kinds = {}
-        vectors = self._stacked(folder / "dense.npy", [r.vectors for r in reports])
-        dense, kinds["dense"] = build_index(vectors, self.ann, with_ids=True, progress=self._progress("passage"))
-        faiss.write_index(dense, str(folder / "dense.faiss"))
-        codes = build_rescore_codes(vectors, self.ann, kinds["dense"], self._progress("passage re-scoring codes"))
-        if codes is not None:
-            faiss.write_index(codes, str(folder / "dense.codes.faiss"))
-        del dense, vectors, codes
+        kinds = {"dense": self._write_vectors(folder, "dense", [r.vectors for r in reports], True, "passage")}
         if any(r.unit_vectors is not None for r in reports):
-            unit_vectors = self._stacked(folder / "units.npy", [r.unit_vectors for r in reports
-                                                                if r.unit_vectors is not None])
-            units, kinds["units"] = build_index(unit_vectors, self.ann, with_ids=False,
-                                               progress=self._progress("sentence/table-row"))
-            faiss.write_index(units, str(folder / "units.faiss"))
-            codes = build_rescore_codes(unit_vectors, self.ann, kinds["units"],
-                                        self._progress("sentence/table-row re-scoring codes"))
-            if codes is not None:
-                faiss.write_index(codes, str(folder / "units.codes.faiss"))
-            del units, unit_vectors, codes
+            unit_parts = [r.unit_vectors for r in reports if r.unit_vectors is not None]
+            kinds["units"] = self._write_vectors(folder, "units", unit_parts, False, "sentence/table-row")
             np.save(folder / "unit_owner.npy", np.asarray(unit_owner, dtype=np.int64))
         for name, kind in (("dense.npy", kinds["dense"]), ("units.npy", kinds.get("units", FLAT))):
             if kind == FLAT:  # a flat index holds the exact vectors itself
@@ -984,6 +972,21 @@ class EmbeddedWriter:
         if any(way not in ("", RESCORE_EXACT) for way in rescoring.values()):
             entry["rescore"] = rescoring
         return entry
+
+    def _write_vectors(self, folder: Path, name: str, parts: list[np.ndarray], with_ids: bool, what: str) -> str:
+        """Write ``<name>.npy`` (the exact vectors of ``parts``), ``<name>.faiss`` and, when the settings ask for
+        them, ``<name>.codes.faiss`` (re-scoring codes); return the index kind. The index and the codes are
+        freed on return, before the next index is built."""
+        import faiss
+
+        vectors = self._stacked(folder / f"{name}.npy", parts)
+        index, kind = build_index(vectors, self.ann, with_ids=with_ids, progress=self._progress(what))
+        faiss.write_index(index, str(folder / f"{name}.faiss"))
+        del index
+        codes = build_rescore_codes(vectors, self.ann, kind, self._progress(f"{what} re-scoring codes"))
+        if codes is not None:
+            faiss.write_index(codes, str(folder / f"{name}.codes.faiss"))
+        return kind
 
     def _progress(self, what: str) -> Callable[[int, int], None]:
         """A progress callback for filling an approximate vector index (minutes at millions of vectors): it
@@ -1102,9 +1105,7 @@ def _read_report(segment: _Segment, source: str) -> ReportRecords:
         else:
             units = np.zeros((0, segment.units.d), dtype=np.float32)
         owners = (segment.unit_owner[low:high] - first).tolist()
-    vectors = (segment.dense_exact.mapped(first, stop) if segment.dense_exact is not None
-               else segment.passage_vectors(first, stop))
-    return ReportRecords(document, located, vectors, units, owners or [])
+    return ReportRecords(document, located, segment.passage_vectors(first, stop), units, owners or [])
 
 
 __all__ = ["EmbeddedStore", "EmbeddedWriter", "FORMAT_VERSION", "MANIFEST", "report_fingerprint"]
